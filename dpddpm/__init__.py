@@ -1,0 +1,19 @@
+"""dpddpm: ELBO-optimal step schedules for pretrained DDPMs by dynamic programming (Watson et al., 2021)."""
+
+from .costmatrix import CostMatrix
+from .costs import cost_matrix
+from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_stderr, schedule_terms
+from .evaluate import ELBOEstimate, elbo
+from .model import DDPM
+from .sampling import ddim_sample, sample
+from .schedule import NoiseSchedule
+from .strides import even_schedule, quadratic_schedule
+from .terms import edge_bpd, prior_bpd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostMatrix", "DDPM", "ELBOEstimate", "NoiseSchedule", "OptimalSchedules", "cost_matrix", "ddim_sample",
+    "edge_bpd", "elbo", "even_schedule", "optimal_schedules", "prior_bpd", "quadratic_schedule", "sample",
+    "schedule_bpd", "schedule_stderr", "schedule_terms",
+]

@@ -1,0 +1,157 @@
+"""Estimate the full cost matrix with T network calls per data point.
+
+For each row t, every data point gets one fresh x_t ~ q(x_t | x_0) and one network call; that single output
+fills the whole row L(t, s), s < t (see :mod:`dpddpm.rowcosts`). Row t = 1 fills the decoder vector.
+Work items (row, data slice) are packed into batches of ``batch_size`` network inputs, so that small data sets
+still use large batches. Noise for row t comes from its own generator seeded by (seed, t), so results do not
+depend on batch size, row order or how rows are split between processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .costmatrix import CostMatrix
+from .model import DDPM
+from .rowcosts import DecoderRow, KLRow
+from .terms import predict_x0, prior_bpd
+from .validation import check_data
+
+
+def row_generator(seed: int, t: int, device: torch.device) -> torch.Generator:
+    """The generator that draws the noise of row t; identical wherever the row is computed."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + int(t)) % (2**63))
+    return gen
+
+
+def _pieces(rows: list[int], n: int, batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Pack (t, start, stop) slices of rows x data into batches of at most batch_size inputs."""
+    batch, room = [], batch_size
+    for t in rows:
+        start = 0
+        while start < n:
+            take = min(room, n - start)
+            batch.append((t, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                yield batch
+                batch, room = [], batch_size
+    if batch:
+        yield batch
+
+
+def _model_device(model: DDPM) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def cost_matrix(
+    model: DDPM,
+    data: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    rows: Iterable[int] | None = None,
+) -> CostMatrix:
+    """Monte-Carlo estimate of every ELBO edge cost of ``model`` on ``data``.
+
+    Args:
+        model: the DDPM.
+        data: (N, *model.data_shape) in [-1, 1].
+        batch_size: network inputs per call (rows are packed together when N is small).
+        device: where to run; default the model's device.
+        progress: show a progress bar (tqdm) over network calls.
+        seed: noise seed; row t uses ``row_generator(seed, t)``.
+        rows: compute only these rows t (1 = decoder row); the result is then a partial matrix with
+            ``counts[t] = 0`` elsewhere, to be combined with :meth:`CostMatrix.merge`.
+    Returns:
+        a :class:`CostMatrix` of float64 bits/dim with standard errors and per-row sample counts.
+    """
+    T = model.T
+    data = check_data(data, model.data_shape, model.num_bins)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    row_list = list(range(T, 0, -1)) if rows is None else sorted({int(t) for t in rows}, reverse=True)
+    if any(t < 1 or t > T for t in row_list):
+        raise ValueError(f"rows must lie in 1..T = {T}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model = model.to(device)
+    sched = model.schedule
+    N = data.shape[0]
+    x0_all = data.to(device=device, dtype=torch.float64).reshape(N, -1)
+    D = x0_all.shape[1]
+
+    kl = np.full((T + 1, T + 1), np.nan)
+    stderr = np.full((T + 1, T + 1), np.nan)
+    decoder = np.full(T + 1, np.nan)
+    decoder_se = np.full(T + 1, np.nan)
+    counts = np.zeros(T + 1, dtype=np.int64)
+
+    open_rows: dict[int, tuple[object, torch.Tensor]] = {}
+    bar = _progress(progress, total=len(row_list) * N)
+    for batch in _pieces(row_list, N, int(batch_size)):
+        x_t_parts, t_parts = [], []
+        for t, a, b in batch:
+            if t not in open_rows:
+                acc = DecoderRow(sched, model.variance, model.num_bins, device) if t == 1 else \
+                    KLRow(sched, t, model.variance, D, device)
+                noise = torch.randn(N, D, generator=row_generator(seed, t, device), device=device,
+                                    dtype=torch.float64)
+                open_rows[t] = (acc, noise)
+            noise = open_rows[t][1][a:b]
+            ab = float(sched.alpha_bar[t])
+            x_t_parts.append((math.sqrt(ab) * x0_all[a:b] + math.sqrt(1.0 - ab) * noise).float())
+            t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
+        x_t = torch.cat(x_t_parts)
+        eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
+        eps = eps.reshape(x_t.shape[0], D).double()
+        v = None if v is None else v.reshape(x_t.shape[0], D)
+        offset = 0
+        for (t, a, b), xt in zip(batch, x_t_parts):
+            sl = slice(offset, offset + b - a)
+            offset += b - a
+            acc = open_rows[t][0]
+            x0 = x0_all[a:b]
+            x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
+            if t == 1:
+                acc.add(x0, x0_hat, None if v is None else v[sl])
+            else:
+                acc.add((x0 - x0_hat).pow(2), None if v is None else v[sl])
+            if b == N:  # the row is complete
+                mean, se = acc.stats.result()
+                if t == 1:
+                    decoder[2:], decoder_se[2:] = mean, se
+                else:
+                    kl[t, 1:t], stderr[t, 1:t] = mean, se
+                counts[t] = N
+                del open_rows[t]
+        if bar is not None:
+            bar.update(x_t.shape[0])
+    if bar is not None:
+        bar.close()
+
+    prior_samples = prior_bpd(sched, np.arange(1, T + 1), x0_all)  # (N, T), exact given the data
+    prior = np.concatenate([[np.nan], prior_samples.mean(0).cpu().numpy()])
+    prior_se = np.concatenate([[np.nan], (prior_samples.std(0) / math.sqrt(N)).cpu().numpy()
+                               if N > 1 else np.full(T, np.nan)])
+    meta = {"T": T, "variance": model.variance, "num_bins": model.num_bins,
+            "clip_denoised": model.clip_denoised, "seed": int(seed), "N": int(N)}
+    return CostMatrix(kl=kl, decoder=decoder, prior=prior, stderr=stderr, decoder_stderr=decoder_se,
+                      prior_stderr=prior_se, counts=counts, meta=meta)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="call", desc="cost matrix", smoothing=0.05)

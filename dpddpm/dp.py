@@ -1,0 +1,145 @@
+"""Exact ELBO-optimal schedules for every budget K by dynamic programming over the cost matrix.
+
+    D_2[t] = L(t, 1) + decoder[t]
+    D_k[t] = min_{1 < s < t} L(t, s) + D_{k-1}[s]
+The best K-step schedule starting at T costs prior[T] + D_K[T]; with a free start, min_t prior[t] + D_K[t].
+One pass up to K_max keeps arg-min back-pointers for every k, so every K <= K_max is read off at the end.
+Each step is a batch of row-wise min-reductions over the lower triangle, O(K_max T^2) in all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .costmatrix import CostMatrix
+from .validation import check_budget, check_schedule
+
+ROW_BLOCK = 32  # rows per reduction: keeps the temporary (block x T) in cache
+
+
+@dataclass(eq=False)
+class OptimalSchedules:
+    """The result of :func:`optimal_schedules`: the best schedule and its in-sample ELBO for each K.
+
+    Attributes:
+        values: float64 (K_max + 1, T + 1); ``values[k, t]`` = D_k[t], the best cost of k steps from t down to
+            data, excluding the prior (inf where impossible).
+        pointers: int16/int32 (K_max + 1, T + 1); the next kept time below t on that best path.
+        prior: float64 (T + 1,), prior[t].
+        start: ``"T"`` or ``"free"``.
+    """
+
+    values: np.ndarray
+    pointers: np.ndarray
+    prior: np.ndarray
+    start: str
+    costs: CostMatrix
+
+    @property
+    def T(self) -> int:
+        return self.values.shape[1] - 1
+
+    @property
+    def max_steps(self) -> int:
+        return self.values.shape[0] - 1
+
+    def _check(self, K: int) -> int:
+        K = check_budget(K, self.T)
+        if K > self.max_steps:
+            raise ValueError(f"K = {K} exceeds max_steps = {self.max_steps} of this optimization")
+        return K
+
+    def start_time(self, K: int) -> int:
+        """t_K of the best K-step schedule."""
+        K = self._check(K)
+        if self.start == "T":
+            return self.T
+        total = self.prior[1:] + self.values[K, 1:]
+        return int(np.argmin(total)) + 1
+
+    def schedule(self, K: int) -> np.ndarray:
+        """The optimal K-step schedule: int64 array of K descending times ending in 1."""
+        K = self._check(K)
+        t = self.start_time(K)
+        path = [t]
+        for k in range(K, 2, -1):
+            t = int(self.pointers[k, t])
+            path.append(t)
+        path.append(1)
+        return np.asarray(path, dtype=np.int64)
+
+    def bpd(self, K: int) -> float:
+        """In-sample ELBO (bits/dim) of the optimal K-step schedule: prior + D_K at its start."""
+        K = self._check(K)
+        t = self.start_time(K)
+        return float(self.prior[t] + self.values[K, t])
+
+    def bpd_all(self) -> np.ndarray:
+        """In-sample optimal ELBO for K = 2 .. max_steps, shape (max_steps - 1,)."""
+        return np.array([self.bpd(K) for K in range(2, self.max_steps + 1)])
+
+
+def optimal_schedules(
+    costs: CostMatrix,
+    max_steps: int,
+    *,
+    start: str = "T",
+    device: str | torch.device | None = None,
+) -> OptimalSchedules:
+    """Optimal schedules for every budget 2 <= K <= max_steps in one pass.
+
+    Args:
+        costs: a complete cost matrix.
+        max_steps: the largest K (2 <= max_steps <= T).
+        start: ``"T"`` (t_K = T, the paper's setting) or ``"free"`` (the optimizer also picks t_K <= T).
+        device: where to run the reductions (default CPU; ``"cuda"`` for large T).
+    """
+    if start not in ("T", "free"):
+        raise ValueError(f"start must be 'T' or 'free', got {start!r}")
+    costs.require_complete()
+    T = costs.T
+    K_max = check_budget(max_steps, T)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    W = torch.as_tensor(costs.kl, device=device).nan_to_num(nan=float("inf"))
+    idx_dtype = torch.int16 if T < 2**15 else torch.int32
+
+    values = torch.full((K_max + 1, T + 1), float("inf"), dtype=torch.float64, device=device)
+    pointers = torch.zeros((K_max + 1, T + 1), dtype=idx_dtype, device=device)
+    values[2, 2:] = W[2:, 1] + torch.as_tensor(costs.decoder[2:], device=device)
+    pointers[2, 2:] = 1
+    for k in range(3, K_max + 1):
+        prev = values[k - 1]
+        # D_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k.
+        for a in range(k, T + 1, ROW_BLOCK):
+            b = min(a + ROW_BLOCK, T + 1)
+            best, arg = (W[a:b, k - 1:b] + prev[k - 1:b]).min(dim=1)
+            values[k, a:b] = best
+            pointers[k, a:b] = (arg + (k - 1)).to(idx_dtype)
+    return OptimalSchedules(values=values.cpu().numpy(), pointers=pointers.cpu().numpy(),
+                            prior=np.asarray(costs.prior, dtype=np.float64), start=start, costs=costs)
+
+
+def schedule_bpd(costs: CostMatrix, schedule) -> float:
+    """ELBO (bits/dim) of any schedule t_K > ... > t_1 = 1 from the matrix:
+    prior[t_K] + sum L(t_i, t_{i-1}) + decoder[t_2]."""
+    return float(schedule_terms(costs, schedule).sum())
+
+
+def schedule_stderr(costs: CostMatrix, schedule) -> float:
+    """Standard error of :func:`schedule_bpd`: rows are independent, so variances add."""
+    sched = check_schedule(schedule, costs.T)
+    if costs.stderr is None or costs.decoder_stderr is None:
+        raise ValueError("this cost matrix carries no standard errors")
+    var = np.sum(costs.stderr[sched[:-2], sched[1:-1]] ** 2) + costs.decoder_stderr[sched[-2]] ** 2
+    return float(np.sqrt(var))
+
+
+def schedule_terms(costs: CostMatrix, schedule) -> np.ndarray:
+    """The terms of a schedule's ELBO in order: [prior, L(t_K, t_{K-1}), ..., L(t_2, 1), decoder]."""
+    costs.require_complete()
+    sched = check_schedule(schedule, costs.T)
+    return np.concatenate([[costs.prior[sched[0]]], costs.kl[sched[:-1], sched[1:]],
+                           [costs.decoder[sched[-2]]]])

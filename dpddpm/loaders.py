@@ -1,0 +1,485 @@
+"""Load pretrained DDPMs from files: improved-diffusion checkpoints and diffusers folders.
+
+Nothing here downloads anything: every function reads local paths only.
+
+improved-diffusion checkpoints (Nichol & Dhariwal, 2021) are plain ``state_dict`` files with no
+configuration inside, so the architecture is rebuilt from that codebase's command-line flags: the
+defaults of its ``model_and_diffusion_defaults()`` (:data:`IMPROVED_DIFFUSION_DEFAULTS`), overridden by a
+preset for a released checkpoint (:data:`PRESETS`), overridden by explicit keyword flags.
+
+diffusers folders hold a ``UNet2DModel`` and a ``DDPMScheduler`` saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .model import DDPM
+from .schedule import NoiseSchedule
+from .unet import UNetModel
+
+__all__ = [
+    "IMPROVED_DIFFUSION_DEFAULTS",
+    "PRESETS",
+    "CheckpointMismatchError",
+    "improved_diffusion_flags",
+    "build_improved_diffusion_unet",
+    "load_improved_diffusion",
+    "load_diffusers",
+]
+
+#: improved-diffusion's ``model_and_diffusion_defaults()`` (``script_util.py``): every flag a checkpoint's
+#: architecture and diffusion depend on, with that code's default value.
+IMPROVED_DIFFUSION_DEFAULTS: dict[str, Any] = {
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 2,
+    "num_heads": 4,
+    "num_heads_upsample": -1,
+    "attention_resolutions": "16,8",
+    "dropout": 0.0,
+    "learn_sigma": False,
+    "sigma_small": False,
+    "class_cond": False,
+    "diffusion_steps": 1000,
+    "noise_schedule": "linear",
+    "timestep_respacing": "",
+    "use_kl": False,
+    "predict_xstart": False,
+    "rescale_timesteps": True,
+    "rescale_learned_sigmas": True,
+    "use_checkpoint": False,
+    "use_scale_shift_norm": True,
+}
+
+_CIFAR10 = {
+    "image_size": 32,
+    "num_channels": 128,
+    "num_res_blocks": 3,
+    "learn_sigma": True,
+    "dropout": 0.3,
+    "diffusion_steps": 4000,
+    "noise_schedule": "cosine",
+}
+_IMAGENET64 = {
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 3,
+    "learn_sigma": True,
+    "diffusion_steps": 4000,
+    "noise_schedule": "cosine",
+}
+
+#: The released unconditional checkpoints' flags (improved-diffusion README, "Models and Hyperparameters").
+#: The key is the checkpoint's file name without ``.pt``. ``dropout`` and ``use_kl`` only affect training.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10_uncond_50M_500K": dict(_CIFAR10),
+    "cifar10_uncond_vlb_50M_500K": dict(_CIFAR10, use_kl=True),
+    "imagenet64_uncond_100M_1500K": dict(_IMAGENET64),
+    "imagenet64_uncond_vlb_100M_1500K": dict(_IMAGENET64, use_kl=True),
+}
+
+_CHANNEL_MULT = {32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the architecture built from the flags."""
+
+
+# --------------------------------------------------------------------------------------------------
+# improved-diffusion
+# --------------------------------------------------------------------------------------------------
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"):
+        return value.lower() in ("yes", "true", "t", "y", "1")
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"flag {name} must be a boolean, got {value!r}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a flag value (possibly a command-line string) to the type of its default."""
+    default = IMPROVED_DIFFUSION_DEFAULTS[name]
+    if isinstance(default, bool):
+        return _to_bool(name, value)
+    if name == "attention_resolutions" and not isinstance(value, str):
+        return ",".join(str(int(r)) for r in value)  # a sequence of resolutions
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"flag {name} must be a {type(default).__name__}, got {value!r}") from None
+
+
+def improved_diffusion_flags(preset: str | None = None, **flags: Any) -> dict[str, Any]:
+    """All flags of a model: improved-diffusion's defaults, then ``preset``, then ``flags``.
+
+    Raises:
+        ValueError: an unknown preset or flag name (the message lists the valid ones), or a bad value.
+    """
+    resolved = dict(IMPROVED_DIFFUSION_DEFAULTS)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        resolved.update(PRESETS[preset])
+    unknown = sorted(set(flags) - set(IMPROVED_DIFFUSION_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown improved-diffusion flag(s) {', '.join(unknown)}; "
+            f"valid flags: {', '.join(IMPROVED_DIFFUSION_DEFAULTS)}"
+        )
+    resolved.update({name: _coerce(name, value) for name, value in flags.items()})
+    return resolved
+
+
+def _check_supported(flags: Mapping[str, Any]) -> None:
+    """Raise for flag values that dpddpm cannot represent."""
+    if flags["class_cond"]:
+        raise NotImplementedError(
+            "class-conditional improved-diffusion models (class_cond=True) are not supported; "
+            "dpddpm loads unconditional models only"
+        )
+    if flags["predict_xstart"]:
+        raise NotImplementedError("predict_xstart=True models are not supported; dpddpm needs epsilon prediction")
+    if flags["timestep_respacing"]:
+        raise ValueError(
+            "timestep_respacing is a sampling option: load the full T-step model (leave it empty) and give "
+            "dpddpm a schedule instead"
+        )
+    if flags["image_size"] not in _CHANNEL_MULT:
+        raise ValueError(
+            f"improved-diffusion supports image_size in {sorted(_CHANNEL_MULT)}, got {flags['image_size']}"
+        )
+    if flags["noise_schedule"] not in ("linear", "cosine"):
+        raise ValueError(f"noise_schedule must be 'linear' or 'cosine', got {flags['noise_schedule']!r}")
+
+
+def build_improved_diffusion_unet(preset: str | None = None, **flags: Any) -> UNetModel:
+    """The UNet that improved-diffusion's ``create_model`` builds for these flags (random weights).
+
+    Flags are named as that codebase's command-line flags; missing ones take its defaults. Diffusion
+    flags (``diffusion_steps``, ``noise_schedule``, ...) are accepted and ignored. Build on the meta device
+    (``with torch.device("meta"):``) to inspect shapes without allocating memory.
+
+    Returns:
+        a :class:`~dpddpm.unet.UNetModel` mapping (B, 3, S, S) and times (B,) to (B, 3 or 6, S, S),
+        S = ``image_size``.
+    """
+    f = improved_diffusion_flags(preset, **flags)
+    _check_supported(f)
+    size = f["image_size"]
+    attention_ds = tuple(size // int(res) for res in f["attention_resolutions"].split(","))
+    return UNetModel(
+        in_channels=3,
+        model_channels=f["num_channels"],
+        out_channels=6 if f["learn_sigma"] else 3,
+        num_res_blocks=f["num_res_blocks"],
+        attention_resolutions=attention_ds,
+        dropout=f["dropout"],
+        channel_mult=_CHANNEL_MULT[size],
+        num_heads=f["num_heads"],
+        num_heads_upsample=f["num_heads_upsample"],
+        use_scale_shift_norm=f["use_scale_shift_norm"],
+    )
+
+
+def _improved_diffusion_schedule(flags: Mapping[str, Any]) -> NoiseSchedule:
+    """improved-diffusion's ``get_named_beta_schedule`` in float64."""
+    if flags["noise_schedule"] == "cosine":
+        return NoiseSchedule.cosine(flags["diffusion_steps"])
+    return NoiseSchedule.linear(flags["diffusion_steps"])  # betas 1e-4 .. 0.02 scaled by 1000 / T
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a plain state_dict file, turning unreadable files into a clear ValueError."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"expected a checkpoint file, got a directory: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, or pickled objects other than tensors
+        raise ValueError(
+            f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "the file may be truncated or corrupt (re-download it), or not a plain state_dict saved with torch.save"
+        ) from e
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path} does not hold a plain state_dict (a mapping of parameter names to tensors), "
+            f"got {type(state).__name__}"
+        )
+    return dict(state)
+
+
+def _first(items: list[str], n: int = 10) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _mismatch(
+    expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and 'key: checkpoint shape vs model shape' lines."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    return missing, unexpected, shapes
+
+
+def _meta_shapes(flags: Mapping[str, Any]) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        net = build_improved_diffusion_unet(**flags)
+    return {k: v.shape for k, v in net.state_dict().items()}
+
+
+def _mismatch_message(path: Path, flags: Mapping[str, Any], state: Mapping[str, torch.Tensor],
+                      expected: Mapping[str, torch.Size]) -> str:
+    missing, unexpected, shapes = _mismatch(expected, state)
+    lines = [f"checkpoint {path} does not match the UNet built from the flags"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_first(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_first(unexpected)}")
+    if shapes:
+        lines.append(f"  shape mismatches ({len(shapes)}): {_first(shapes)}")
+    arch = {k: flags[k] for k in ("image_size", "num_channels", "num_res_blocks", "learn_sigma",
+                                  "attention_resolutions", "num_heads", "num_heads_upsample",
+                                  "use_scale_shift_norm")}
+    lines.append(f"  flags tried: {arch}")
+    inferred = {}
+    if "input_blocks.0.0.weight" in state:
+        inferred["num_channels"] = int(state["input_blocks.0.0.weight"].shape[0])
+    if "out.2.weight" in state:
+        inferred["learn_sigma"] = int(state["out.2.weight"].shape[0]) == 6
+    if inferred:
+        lines.append(f"  the checkpoint's own shapes suggest: {inferred}")
+    if "label_emb.weight" in state:
+        lines.append("  hint: the checkpoint has label_emb.weight, so it is class-conditional (not supported)")
+    if any(k.startswith("module.") for k in state):
+        lines.append("  hint: keys start with 'module.' (a DistributedDataParallel wrapper); strip that prefix")
+    matching = [name for name in PRESETS if not any(_mismatch(_meta_shapes(improved_diffusion_flags(name)), state))]
+    if matching:
+        lines.append(f"  hint: the checkpoint's keys and shapes match preset(s) {', '.join(matching)}")
+    lines.append("  Pass the model's training flags (image_size, num_channels, num_res_blocks, learn_sigma, ...) "
+                 f"or a preset: {', '.join(PRESETS)}")
+    return "\n".join(lines)
+
+
+def load_improved_diffusion(
+    path: str | os.PathLike,
+    preset: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    clip_denoised: bool = True,
+    **flags: Any,
+) -> DDPM:
+    """Load an improved-diffusion checkpoint (a plain state_dict file) as a :class:`~dpddpm.model.DDPM`.
+
+    Args:
+        path: the ``.pt`` file, e.g. ``cifar10_uncond_50M_500K.pt``.
+        preset: a key of :data:`PRESETS` (the released checkpoints' flags), or None.
+        device: where to put the network.
+        clip_denoised: clip the predicted x_0 to [-1, 1] (``scripts/image_nll.py``'s default).
+        **flags: improved-diffusion command-line flags; they override the preset, which overrides the
+            defaults of ``model_and_diffusion_defaults()``.
+
+    Returns:
+        a DDPM in eval mode: variance ``learned_range`` if ``learn_sigma`` else ``fixed_small`` if
+        ``sigma_small`` else ``fixed_large``; time input ``(t - 1) * 1000 / T`` if ``rescale_timesteps`` else
+        ``t - 1``; data shape (3, image_size, image_size).
+
+    Raises:
+        ValueError: an unknown flag or preset, or an unreadable file.
+        CheckpointMismatchError: the checkpoint's keys or shapes differ from the built UNet's.
+        FileNotFoundError: no file at ``path``.
+        NotImplementedError: class-conditional or x_0-predicting models.
+    """
+    f = improved_diffusion_flags(preset, **flags)
+    _check_supported(f)
+    path = Path(path)
+    state = _read_state_dict(path)
+    expected = _meta_shapes(f)
+    if any(_mismatch(expected, state)):
+        raise CheckpointMismatchError(_mismatch_message(path, f, state, expected))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):  # no random initialisation: the weights are assigned from the file
+        net = build_improved_diffusion_unet(**f)
+    net.load_state_dict(state, strict=True, assign=True)
+    if f["learn_sigma"]:
+        variance = "learned_range"
+    else:
+        variance = "fixed_small" if f["sigma_small"] else "fixed_large"
+    model = DDPM(
+        net,
+        _improved_diffusion_schedule(f),
+        variance,
+        time_input="rescaled" if f["rescale_timesteps"] else "index",
+        data_shape=(3, f["image_size"], f["image_size"]),
+        num_bins=256,
+        clip_denoised=clip_denoised,
+    )
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# diffusers
+# --------------------------------------------------------------------------------------------------
+
+_DIFFUSERS_VARIANCE = {
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+    "learned_range": "learned_range",
+}
+
+
+def _import_diffusers():
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(
+            "loading diffusers models needs the optional dependency diffusers: pip install 'dpddpm[diffusers]'"
+        ) from e
+    return diffusers
+
+
+def diffusers_schedule(config: Mapping[str, Any]) -> NoiseSchedule:
+    """The float64 :class:`NoiseSchedule` of a ``DDPMScheduler`` configuration.
+
+    Supports ``trained_betas`` and ``beta_schedule`` ``"linear"``, ``"scaled_linear"`` and
+    ``"squaredcos_cap_v2"`` (Nichol & Dhariwal's cosine, betas capped at 0.999). diffusers itself stores
+    the betas in float32; these are the same formulas in float64.
+    """
+    T = int(config.get("num_train_timesteps", 1000))
+    if config.get("rescale_betas_zero_snr", False):
+        raise NotImplementedError("rescale_betas_zero_snr=True gives alpha_bar_T = 0 and an infinite prior term")
+    trained = config.get("trained_betas")
+    if trained is not None:
+        return NoiseSchedule.from_betas(np.asarray(trained, dtype=np.float64))
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if kind == "linear":
+        return NoiseSchedule.from_betas(np.linspace(start, end, T, dtype=np.float64))
+    if kind == "scaled_linear":
+        return NoiseSchedule.from_betas(np.linspace(math.sqrt(start), math.sqrt(end), T, dtype=np.float64) ** 2)
+    if kind == "squaredcos_cap_v2":
+        return NoiseSchedule.cosine(T)
+    raise NotImplementedError(
+        f"beta_schedule {kind!r} is not supported; use 'linear', 'scaled_linear', 'squaredcos_cap_v2' "
+        "or trained_betas"
+    )
+
+
+def _scheduler_config(folder: Path) -> dict[str, Any]:
+    """The scheduler's configuration with DDPMScheduler's defaults filled in."""
+    candidates = [folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"no scheduler in {folder}: looked for {', '.join(str(p) for p in candidates)}. Save the model's "
+            "DDPMScheduler next to the UNet with scheduler.save_pretrained(...)"
+        )
+    raw = json.loads(found.read_text())
+    ddpm_scheduler = _import_diffusers().DDPMScheduler
+    config = dict(ddpm_scheduler.from_config(raw).config)
+    config.update({k: v for k, v in raw.items() if not k.startswith("_")})
+    return config
+
+
+def _load_unet(folder: Path):
+    diffusers = _import_diffusers()
+    if (folder / "unet" / "config.json").is_file():
+        return diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    config_file = folder / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == "UNet2DModel":
+        return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True)
+    raise FileNotFoundError(
+        f"no UNet2DModel in {folder}: expected unet/config.json or a config.json with _class_name UNet2DModel"
+    )
+
+
+def load_diffusers(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    clip_denoised: bool | None = None,
+) -> DDPM:
+    """Load a local diffusers ``UNet2DModel`` + ``DDPMScheduler`` folder as a :class:`~dpddpm.model.DDPM`.
+
+    The folder is what ``save_pretrained`` writes: a pipeline folder with ``unet/`` and ``scheduler/``
+    subfolders, or a UNet folder with ``scheduler_config.json`` next to its ``config.json``.
+
+    Args:
+        path: the folder.
+        device: where to put the network.
+        clip_denoised: clip the predicted x_0 to [-1, 1]; None takes the scheduler's ``clip_sample``.
+
+    Returns:
+        a DDPM in eval mode whose net is the ``UNet2DModel`` itself, called with the 0-based integer index
+        ``t - 1``; data shape (in_channels, sample_size, sample_size).
+
+    Raises:
+        ImportError: diffusers is not installed.
+        FileNotFoundError: no folder, no UNet or no scheduler configuration.
+        NotImplementedError: a prediction type other than epsilon, variance type ``learned``, or a beta
+            schedule that has no float64 equivalent here.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"diffusers model folder not found: {folder}")
+    _import_diffusers()
+    config = _scheduler_config(folder)
+    if config.get("prediction_type", "epsilon") != "epsilon":
+        raise NotImplementedError(
+            f"prediction_type {config['prediction_type']!r} is not supported; dpddpm needs epsilon prediction"
+        )
+    variance_type = config.get("variance_type", "fixed_small")
+    if variance_type not in _DIFFUSERS_VARIANCE:
+        raise NotImplementedError(
+            f"variance_type {variance_type!r} is not supported; use one of {', '.join(_DIFFUSERS_VARIANCE)}"
+        )
+    if clip_denoised is None:
+        clip_denoised = bool(config.get("clip_sample", True))
+        if clip_denoised and float(config.get("clip_sample_range", 1.0)) != 1.0:
+            raise NotImplementedError("clip_sample_range other than 1.0 is not supported; pass clip_denoised")
+        if config.get("thresholding", False):
+            raise NotImplementedError("dynamic thresholding is not supported; pass clip_denoised explicitly")
+    schedule = diffusers_schedule(config)
+
+    unet = _load_unet(folder)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    channels = int(unet.config.in_channels)
+    variance = _DIFFUSERS_VARIANCE[variance_type]
+    expected_out = 2 * channels if variance == "learned_range" else channels
+    if int(unet.config.out_channels) != expected_out:
+        raise ValueError(
+            f"variance_type {variance_type!r} needs a UNet with {expected_out} output channels, "
+            f"got out_channels={unet.config.out_channels}"
+        )
+    model = DDPM(
+        unet,
+        schedule,
+        variance,
+        time_input="index",
+        data_shape=(channels, *size),
+        num_bins=256,
+        clip_denoised=clip_denoised,
+    )
+    return model.to(device).eval()

@@ -1,0 +1,114 @@
+"""The DDPM interface: a network plus everything needed to read its output as a reverse process."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import nn
+
+from .schedule import NoiseSchedule
+from .validation import check_finite
+
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+TimeInput = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class DDPM(nn.Module):
+    """A pretrained epsilon-prediction DDPM.
+
+    Args:
+        net: the wrapped network, called as its source code calls it: ``net(x_t, time_arg)``. Its output
+            (or the output's ``.sample``, for diffusers) has the data's shape, or twice the channels for
+            ``learned_range`` (epsilon first, then the raw variance value v).
+        schedule: the training noise schedule.
+        variance: ``"fixed_small"`` (beta~), ``"fixed_large"`` (beta) or ``"learned_range"``.
+        time_input: how the 1-based step t reaches the net: ``"index"`` gives the integer ``t - 1``
+            (Ho et al., diffusers); ``"rescaled"`` gives the float ``(t - 1) * 1000 / T``
+            (improved-diffusion with ``rescale_timesteps=True``); or any callable on the int tensor t.
+        data_shape: the shape of one data point, e.g. (3, 32, 32).
+        num_bins: number of discrete data levels in [-1, 1] (256 for 8-bit images).
+        clip_denoised: clip the predicted x_0 to [-1, 1] before forming means.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule,
+        variance: str,
+        *,
+        time_input: TimeInput = "index",
+        data_shape: Sequence[int],
+        num_bins: int = 256,
+        clip_denoised: bool = True,
+    ) -> None:
+        super().__init__()
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if isinstance(time_input, str) and time_input not in ("index", "rescaled"):
+            raise ValueError(f"time_input must be 'index', 'rescaled' or a callable, got {time_input!r}")
+        if int(num_bins) < 2:
+            raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+        self.net = net
+        self.schedule = schedule
+        self.variance = variance
+        self.time_input = time_input
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.num_bins = int(num_bins)
+        self.clip_denoised = bool(clip_denoised)
+
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.variance == "learned_range"
+
+    def net_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Map 1-based int steps t, shape (B,), to what the net expects."""
+        if callable(self.time_input):
+            return self.time_input(t)
+        if self.time_input == "index":
+            return t - 1
+        return (t - 1).to(torch.float32) * (1000.0 / self.T)
+
+    @torch.no_grad()
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the net at 1-based steps t.
+
+        Args:
+            x_t: noisy data, shape (B, *data_shape).
+            t: int tensor of shape (B,) or a Python int, 1 <= t <= T.
+        Returns:
+            (eps, v): eps of shape (B, *data_shape); v the raw variance output of the same shape
+            (f = (v + 1) / 2) for ``learned_range``, else None.
+        """
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
+        t = t.to(device=x_t.device, dtype=torch.long)
+        if t.numel() and (int(t.min()) < 1 or int(t.max()) > self.T):
+            raise ValueError(f"t must lie in 1..T = {self.T}, got range [{int(t.min())}, {int(t.max())}]")
+        out = self.net(x_t, self.net_time(t))
+        out = getattr(out, "sample", out)
+        check_finite(out, "the model output")
+        if self.learned_variance:
+            channels = out.shape[1]
+            if channels != 2 * self.data_shape[0]:
+                raise ValueError(
+                    f"a learned_range model must output 2 x {self.data_shape[0]} channels, got {channels}"
+                )
+            eps, v = out.split(channels // 2, dim=1)
+            return eps, v
+        if tuple(out.shape[1:]) != self.data_shape:
+            raise ValueError(f"the model output has shape {tuple(out.shape)}; expected (B, *{self.data_shape})")
+        return out, None
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.predict(x_t, t)
+
+    def extra_repr(self) -> str:
+        return (
+            f"T={self.T}, variance={self.variance!r}, data_shape={self.data_shape}, "
+            f"num_bins={self.num_bins}, clip_denoised={self.clip_denoised}"
+        )

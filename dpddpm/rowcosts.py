@@ -1,0 +1,164 @@
+"""One row of the cost matrix from one network call per sample.
+
+For a fixed t, every edge cost L(t, s), s = 1 .. t-1, is an affine function of a few per-sample
+*features* of the network output at x_t:
+
+    bpd_n(s) = const[s] + sum_j feature[n, j] * coef[j, s]
+
+* fixed variances: one feature, sum_d (x0 - x^0)_d^2.
+* learned_range: per dimension the KL is  0.5 (phi_s(f) + r_s e^2 exp(-f Delta_s))  with
+  phi_s(f) = f Delta_s - 1 + exp(-f Delta_s),  Delta_s = log(beta_{t|s} / beta~_{s|t}),  r_s = c1^2 / beta~,
+  e = x0 - x^0 and f = (v + 1) / 2 per dimension. Expanding phi_s and exp(-f Delta_s) in Chebyshev
+  polynomials T_j of f on the interval the samples span turns the sum over dimensions into moments
+  sum_d T_j(f_d) and sum_d e_d^2 T_j(f_d) (the features), and each s into a coefficient vector.
+  This agrees with the direct sum to ~1e-9 relative or better; a test checks 1e-6 on the real schedule.
+
+Rows accumulate (count, mean, sum of squared deviations) per s, merged across batches with Chan et al.'s
+formula, so standard errors need no second pass and no cancellation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .schedule import NoiseSchedule
+from .terms import LN2, discretized_gaussian_nll
+
+F64 = torch.float64
+
+
+class RowStats:
+    """Running count, mean and M2 (sum of squared deviations) of per-sample values, shape (S,)."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=F64, device=device)
+        self.m2 = torch.zeros(size, dtype=F64, device=device)
+
+    def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Merge a batch of n samples with batch mean and batch M2."""
+        tot = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * (n / tot)
+        self.m2 += m2 + delta.pow(2) * (self.n * n / tot)
+        self.n = tot
+
+    def add_samples(self, values: torch.Tensor) -> None:
+        """Merge per-sample values of shape (n, S)."""
+        mean = values.mean(dim=0)
+        self.add(values.shape[0], mean, (values - mean).pow(2).sum(dim=0))
+
+    def add_affine(self, features: torch.Tensor, coef: torch.Tensor, const: torch.Tensor) -> None:
+        """Merge values ``const + features @ coef`` without forming them: features (n, F), coef (F, S)."""
+        n = features.shape[0]
+        fmean = features.mean(dim=0)
+        centered = features - fmean
+        gram = centered.T @ centered  # (F, F)
+        self.add(n, const + fmean @ coef, ((gram @ coef) * coef).sum(dim=0).clamp(min=0.0))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard error of the mean) as float64 numpy arrays."""
+        mean = self.mean.cpu().numpy()
+        if self.n < 2:
+            return mean, np.full_like(mean, np.nan)
+        return mean, np.sqrt(self.m2.cpu().numpy() / (self.n * (self.n - 1)))
+
+
+def chebyshev_degree(spread: float) -> int:
+    """Number of Chebyshev terms for exp(c y) on [-1, 1] with |c| = spread, to ~1e-15 of its maximum."""
+    return int(min(160, max(8, math.ceil(14 + 2.5 * spread))))
+
+
+def chebyshev_coefficients(values: torch.Tensor) -> torch.Tensor:
+    """Coefficients of the interpolant through Chebyshev nodes: values (S, n) at y_k = cos(pi (k + 1/2) / n)."""
+    n = values.shape[-1]
+    k = torch.arange(n, dtype=F64, device=values.device)
+    j = torch.arange(n, dtype=F64, device=values.device)
+    basis = torch.cos(math.pi * j[:, None] * (k[None, :] + 0.5) / n) * (2.0 / n)  # (n_j, n_k)
+    basis[0] *= 0.5
+    return values @ basis.T  # (S, n_j)
+
+
+def chebyshev_moments(y: torch.Tensor, weights: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_d T_j(y_d) and sum_d w_d T_j(y_d) for j < n. y, weights: (B, D). Returns two (B, n) tensors."""
+    plain = torch.empty(y.shape[0], n, dtype=F64, device=y.device)
+    weighted = torch.empty_like(plain)
+    t_prev, t_cur = torch.ones_like(y), y
+    plain[:, 0], weighted[:, 0] = y.shape[1], weights.sum(dim=1)
+    for j in range(1, n):
+        plain[:, j] = t_cur.sum(dim=1)
+        weighted[:, j] = (weights * t_cur).sum(dim=1)
+        t_prev, t_cur = t_cur, 2.0 * y * t_cur - t_prev
+    return plain, weighted
+
+
+class KLRow:
+    """Edge costs L(t, s) for s = 1 .. t-1 of one row t >= 2, from per-sample network outputs."""
+
+    def __init__(self, sched: NoiseSchedule, t: int, variance: str, dims: int, device: torch.device) -> None:
+        self.t, self.variance, self.dims = t, variance, dims
+        s = np.arange(1, t)
+        j = sched.jump(t, s)
+        self.delta = torch.as_tensor(np.log(j.beta / j.beta_post), device=device)  # (t-1,), >= 0
+        self.ratio = torch.as_tensor(j.c1**2 / j.beta_post, device=device)  # r_s
+        self.stats = RowStats(t - 1, device)
+        self.scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
+
+    def add(self, err2: torch.Tensor, v: torch.Tensor | None) -> None:
+        """Add samples: err2 = (x0 - x^0)^2 flattened to (B, D) float64; v the raw variance output or None."""
+        if self.variance == "learned_range":
+            self._add_learned(err2, v)
+            return
+        sq = err2.sum(dim=1, keepdim=True)  # (B, 1)
+        if self.variance == "fixed_small":  # sigma^2 = beta~: KL = 0.5 r e^2
+            const = torch.zeros_like(self.delta)
+            coef = self.ratio
+        else:  # fixed_large, sigma^2 = beta: KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
+            const = self.scale * self.dims * (self.delta + torch.expm1(-self.delta))
+            coef = self.ratio * torch.exp(-self.delta)
+        self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
+
+    def _add_learned(self, err2: torch.Tensor, v: torch.Tensor) -> None:
+        f = (v.double().reshape(v.shape[0], -1) + 1.0) / 2.0
+        lo, hi = float(f.min()), float(f.max())
+        if hi - lo < 1e-6:  # widen a degenerate interval; the expansion stays exact
+            lo, hi = lo - 1e-3, hi + 1e-3
+        mid, half = (hi + lo) / 2, (hi - lo) / 2
+        n = chebyshev_degree(float(self.delta.max()) * half)
+        nodes = mid + half * torch.cos(math.pi * (torch.arange(n, dtype=F64, device=f.device) + 0.5) / n)
+        x = self.delta[:, None] * nodes[None, :]  # (t-1, n): f Delta at the nodes
+        phi = chebyshev_coefficients(x + torch.expm1(-x))  # (t-1, n)
+        decay = chebyshev_coefficients(torch.exp(-x)) * self.ratio[:, None]
+        plain, weighted = chebyshev_moments((f - mid) / half, err2, n)
+        features = torch.cat([plain, weighted], dim=1)  # (B, 2n)
+        coef = torch.cat([phi, decay], dim=1).T * self.scale  # (2n, t-1)
+        self.stats.add_affine(features, coef, torch.zeros_like(self.delta))
+
+
+class DecoderRow:
+    """decoder[u] = -log p(x_0 | x_1) for every next kept time u = 2 .. T, from outputs at t = 1."""
+
+    def __init__(self, sched: NoiseSchedule, variance: str, num_bins: int, device: torch.device,
+                 chunk_elements: int = 1 << 23) -> None:
+        T = sched.T
+        u = np.arange(2, T + 1)
+        self.log_post = torch.as_tensor(np.log(sched.jump(u, 1).beta_post), device=device)  # (T-1,)
+        self.log_beta1 = math.log(1.0 - float(sched.alpha_bar[1]))
+        self.variance, self.num_bins, self.chunk_elements = variance, num_bins, chunk_elements
+        self.stats = RowStats(T - 1, device)
+
+    def add(self, x0: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None) -> None:
+        """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None."""
+        B, D = x0.shape
+        f = None if v is None else ((v.double().reshape(B, -1) + 1.0) / 2.0)[:, :, None]
+        step = max(1, self.chunk_elements // max(B * D, 1))
+        nll = torch.empty(B, self.log_post.shape[0], dtype=F64, device=x0.device)
+        for a in range(0, self.log_post.shape[0], step):
+            lo = self.log_post[a:a + step][None, None, :]  # (1, 1, U)
+            log_var = lo if f is None else f * self.log_beta1 + (1.0 - f) * lo
+            per_dim = discretized_gaussian_nll(x0[:, :, None], x0_hat[:, :, None], log_var, self.num_bins)
+            nll[:, a:a + step] = per_dim.mean(dim=1) / LN2
+        self.stats.add_samples(nll)

@@ -1,0 +1,79 @@
+"""Sampling on any schedule: ancestral (the model's own reverse process) and deterministic DDIM (eta = 0).
+
+Both start from x_{t_K} ~ N(0, I) and end with the decoder step from x_1, which returns x^_0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .costs import _model_device
+from .model import DDPM
+from .terms import jump_log_variance, predict_x0
+from .validation import check_schedule
+
+
+def _noise(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+
+
+@torch.no_grad()
+def sample(
+    model: DDPM,
+    schedule,
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling with the model's variance rule for every jump.
+
+    Each jump t -> s draws x_s ~ N(c1 x^_0 + c2 x_t, sigma^2) with sigma^2 re-derived for that jump (fixed
+    small, fixed large, or the learned interpolation). Returns float32 (n, *data_shape); the last step gives
+    x^_0 (clipped to [-1, 1] if the model clips).
+    """
+    return _run(model, schedule, n, generator, device, ddim=False)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: DDPM,
+    schedule,
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) on the same schedule: x_s = sqrt(a_s) x^_0 + sqrt(1 - a_s) eps^."""
+    return _run(model, schedule, n, generator, device, ddim=True)
+
+
+def _run(model: DDPM, schedule, n: int, generator, device, *, ddim: bool) -> torch.Tensor:
+    times = check_schedule(schedule, model.T)
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model = model.to(device)
+    sched = model.schedule
+    x = _noise((int(n), *model.data_shape), generator, device)
+    for i, t in enumerate(times):
+        t = int(t)
+        eps, v = model.predict(x.float(), t)
+        x0_hat = predict_x0(sched, t, x, eps, model.clip_denoised)
+        if t == 1:
+            return x0_hat.float()
+        s = int(times[i + 1])
+        if ddim:
+            a_t, a_s = float(sched.alpha_bar[t]), float(sched.alpha_bar[s])
+            eps_hat = (x - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)  # consistent with clipped x^_0
+            x = math.sqrt(a_s) * x0_hat + math.sqrt(1.0 - a_s) * eps_hat
+            continue
+        j = sched.jump(t, s)
+        mean = float(j.c1) * x0_hat + float(j.c2) * x
+        log_var = torch.as_tensor(jump_log_variance(sched, t, s, v, model.variance), dtype=torch.float64,
+                                  device=device)
+        x = mean + torch.exp(0.5 * log_var) * _noise(x.shape, generator, device)
+    raise AssertionError("unreachable: a checked schedule ends at t = 1")

@@ -1,0 +1,67 @@
+"""Input checks shared by every entry point, so errors are clear and raised before expensive work."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def check_budget(K: int, T: int) -> int:
+    """K network calls (decoder included) must satisfy 2 <= K <= T."""
+    if int(K) != K:
+        raise ValueError(f"the number of steps K must be an integer, got {K!r}")
+    K = int(K)
+    if K < 2 or K > T:
+        raise ValueError(f"the number of steps K must satisfy 2 <= K <= T = {T}, got K = {K}")
+    return K
+
+
+def check_schedule(schedule: Sequence[int] | np.ndarray | torch.Tensor, T: int) -> np.ndarray:
+    """Return ``schedule`` as an int64 array after checking it is t_K > ... > t_1 = 1 with t_K <= T."""
+    if isinstance(schedule, torch.Tensor):
+        schedule = schedule.detach().cpu().numpy()
+    arr = np.asarray(schedule)
+    if arr.ndim != 1:
+        raise ValueError(f"a schedule must be a 1-D sequence of times, got shape {arr.shape}")
+    if arr.size < 2:
+        raise ValueError(f"a schedule needs at least 2 steps (K >= 2), got {arr.tolist()}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"schedule times must be integers, got {arr.tolist()}")
+    arr = arr.astype(np.int64)
+    if np.any(np.diff(arr) >= 0):
+        raise ValueError(f"a schedule must be strictly decreasing (t_K > ... > t_1 = 1), got {arr.tolist()}")
+    if arr[-1] != 1:
+        raise ValueError(f"a schedule must end at t_1 = 1 (the decoder step), got last time {arr[-1]}")
+    if arr[0] > T:
+        raise ValueError(f"a schedule cannot start above T = {T}, got t_K = {arr[0]}")
+    return arr
+
+
+def check_data(data: torch.Tensor, data_shape: Sequence[int], num_bins: int) -> torch.Tensor:
+    """Data must be a tensor of shape (N, *data_shape) with values in [-1, 1]."""
+    if not isinstance(data, torch.Tensor):
+        data = torch.as_tensor(np.asarray(data))
+    if tuple(data.shape[1:]) != tuple(data_shape) or data.ndim != len(data_shape) + 1:
+        raise ValueError(
+            f"data must have shape (N, {', '.join(map(str, data_shape))}), got {tuple(data.shape)}"
+        )
+    if data.shape[0] == 0:
+        raise ValueError("data is empty (N = 0)")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or Inf")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"data must be scaled to [-1, 1] ({num_bins} levels), got values in [{lo:.4g}, {hi:.4g}]"
+        )
+    return data
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise if ``tensor`` holds NaN or Inf, naming what it is."""
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).sum().item()
+        raise FloatingPointError(f"{what} contains {bad} NaN/Inf value(s)")

@@ -1,0 +1,96 @@
+"""Bad input fails early with a message that names the problem."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dpddpm
+from toy_models import discrete_data, tiny_model
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([12, 6, 6, 1], "strictly decreasing"),
+    ([12, 6, 8, 1], "strictly decreasing"),
+    ([12, 6, 2], "end at t_1 = 1"),
+    ([13, 6, 1], "cannot start above T"),
+    ([1], "at least 2"),
+    ([12.5, 1], "integers"),
+])
+def test_bad_schedules(bad, match):
+    model = tiny_model(T=12)
+    with pytest.raises(ValueError, match=match):
+        dpddpm.sample(model, bad, 2)
+    with pytest.raises(ValueError, match=match):
+        dpddpm.elbo(model, discrete_data(3), bad)
+
+
+def test_bad_data():
+    model = tiny_model(T=12)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        dpddpm.cost_matrix(model, discrete_data(4) * 2, progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        dpddpm.cost_matrix(model, torch.zeros(4, 1, 5, 5), progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        dpddpm.elbo(model, torch.full((2, 1, 4, 4), float("nan")), [12, 1])
+
+
+class NaNNet(nn.Module):
+    def forward(self, x, t):
+        out = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        out[0, 0, 0, 0] = float("nan")
+        return out
+
+
+def test_nan_model_output_is_reported():
+    model = dpddpm.DDPM(NaNNet(), dpddpm.NoiseSchedule.cosine(6), "learned_range", data_shape=(1, 4, 4))
+    with pytest.raises(FloatingPointError, match="model output"):
+        dpddpm.cost_matrix(model, discrete_data(3), progress=False)
+
+
+def test_nan_in_cost_matrix_is_reported():
+    kl = np.full((5, 5), np.nan)
+    kl[np.tril_indices(5, -1)] = 1.0
+    kl[:, 0] = np.nan
+    kl[3, 1] = np.inf
+    with pytest.raises(ValueError, match=r"kl\[3, 1\]"):
+        dpddpm.CostMatrix(kl=kl, decoder=np.ones(5), prior=np.ones(5))
+
+
+def test_mismatched_cost_file(tmp_path):
+    costs = dpddpm.cost_matrix(tiny_model(T=6), discrete_data(3), progress=False)
+    path = costs.save(tmp_path / "c.npz")
+    with pytest.raises(ValueError, match="expected 'fixed_small'"):
+        dpddpm.CostMatrix.load(path, expect={"variance": "fixed_small"})
+    with pytest.raises(FileNotFoundError):
+        dpddpm.CostMatrix.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        dpddpm.CostMatrix.load(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="cannot start above T"):
+        dpddpm.schedule_bpd(costs, [7, 1])
+
+
+def test_bad_model_configuration():
+    sched = dpddpm.NoiseSchedule.cosine(6)
+    with pytest.raises(ValueError, match="variance"):
+        dpddpm.DDPM(nn.Identity(), sched, "learned", data_shape=(1,))
+    with pytest.raises(ValueError, match="time_input"):
+        dpddpm.DDPM(nn.Identity(), sched, "fixed_small", data_shape=(1,), time_input="seconds")
+    with pytest.raises(ValueError, match="1..T"):
+        dpddpm.DDPM(nn.Identity(), sched, "fixed_small", data_shape=(1,)).predict(torch.zeros(2, 1), 7)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        dpddpm.NoiseSchedule(np.array([0.9, 0.5]))
+    with pytest.raises(ValueError, match="beta"):
+        dpddpm.NoiseSchedule.from_betas([0.1, 1.0])
+
+
+def test_edge_arguments():
+    sched = dpddpm.NoiseSchedule.cosine(6)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="0 <= s < t"):
+        dpddpm.edge_bpd(sched, 3, 3, x, x, x, variance="fixed_small")
+    with pytest.raises(ValueError, match="decoder edge runs from t = 1"):
+        dpddpm.edge_bpd(sched, 3, 0, x, x, x, variance="fixed_small")
+    with pytest.raises(ValueError, match="needs the network's variance"):
+        dpddpm.edge_bpd(sched, 3, 1, x, x, x, variance="learned_range")

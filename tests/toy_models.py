@@ -1,0 +1,81 @@
+"""Small models with known behaviour, for tests: an exact Gaussian denoiser and a tiny random net."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import dpddpm
+
+
+class GaussianEps(nn.Module):
+    """The exact epsilon-predictor for data x_0 ~ N(mu, s^2 I): E[eps | x_t] in closed form.
+
+    With a = alpha_bar_t: E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a), and the posterior
+    variance of x_0 given x_t is s^2 (1 - a) / (a s^2 + 1 - a) per dimension.
+    """
+
+    def __init__(self, sched: dpddpm.NoiseSchedule, mu: float, s: float) -> None:
+        super().__init__()
+        self.register_buffer("alpha_bar", torch.tensor(sched.alpha_bar))
+        self.mu, self.s = mu, s
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_bar[t].view(-1, *([1] * (x_t.dim() - 1)))
+        eps = torch.sqrt(1 - a) * (x_t.double() - torch.sqrt(a) * self.mu) / (a * self.s**2 + 1 - a)
+        return eps.float()
+
+
+def gaussian_model(T: int = 30, mu: float = 0.1, s: float = 0.2, dims: int = 4, variance: str = "fixed_small"):
+    sched = dpddpm.NoiseSchedule.cosine(T)
+    net = GaussianEps(sched, mu, s)
+    model = dpddpm.DDPM(net, sched, variance, time_input=lambda t: t, data_shape=(dims,), clip_denoised=False)
+    return model
+
+
+def gaussian_posterior_var(sched: dpddpm.NoiseSchedule, t: int, s: float) -> float:
+    a = float(sched.alpha_bar[t])
+    return s**2 * (1 - a) / (a * s**2 + 1 - a)
+
+
+class TinyNet(nn.Module):
+    """A random conv net on (C, H, W) images; with learned variance it outputs 2C channels."""
+
+    def __init__(self, channels: int = 1, learned: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        out = 2 * channels if learned else channels
+        self.conv1 = nn.Conv2d(channels + 1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, out, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = (t.float() / 10.0).view(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
+        h = torch.tanh(self.conv1(torch.cat([x, tt], dim=1)))
+        return torch.tanh(self.conv2(h)) * 1.1  # v slightly beyond [-1, 1], as unclamped nets do
+
+
+def tiny_model(T: int = 12, variance: str = "learned_range", num_bins: int = 17, clip: bool = True):
+    sched = dpddpm.NoiseSchedule.cosine(T)
+    net = TinyNet(1, learned=variance == "learned_range")
+    return dpddpm.DDPM(net, sched, variance, time_input="index", data_shape=(1, 4, 4), num_bins=num_bins,
+                       clip_denoised=clip)
+
+
+def discrete_data(n: int, num_bins: int = 17, shape=(1, 4, 4), seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, num_bins, (n, *shape), generator=g)
+    return levels.double() * (2.0 / (num_bins - 1)) - 1.0
+
+
+def golden():
+    from pathlib import Path
+
+    return torch.load(Path(__file__).parent / "data" / "improved_diffusion_small_golden.pt", weights_only=True)
+
+
+LN2 = math.log(2.0)
