@@ -193,11 +193,20 @@ class CostMatrix:
         kl, kl_se = out["kl"].result()
         dec, dec_se = out["decoder"].result()
         counts = np.sum([p.counts for p in parts], axis=0)
-        # The prior is exact given the data, so pool it by data weight.
-        w = np.array([max(p.counts[1:].max(), 1) for p in parts], dtype=np.float64)
-        prior = np.sum([wi * p.prior for wi, p in zip(w, parts)], axis=0) / w.sum()
-        prior_se = parts[0].prior_stderr
+        # The prior is exact given the data: pool it over data points. Shards of rows share their data
+        # (identical priors); shards of data carry their own N.
+        same_data = all(np.array_equal(p.prior, parts[0].prior, equal_nan=True) for p in parts)
+        if same_data:
+            prior, prior_se = parts[0].prior, parts[0].prior_stderr
+        else:
+            pool = _Pool(T)
+            for p in parts:
+                n_data = float(p.meta.get("N", max(p.counts.max(), 1)))
+                pool.add(p.prior, p.prior_stderr, np.full(T + 1, n_data))
+            prior, prior_se = pool.result()
         meta = dict(parts[0].meta)
+        if not same_data:
+            meta["N"] = int(sum(p.meta.get("N", 0) for p in parts))
         return cls(kl=kl, decoder=dec[0], prior=prior, stderr=kl_se, decoder_stderr=dec_se[0],
                    prior_stderr=prior_se, counts=counts, meta=meta)
 

@@ -168,3 +168,15 @@ def test_elbo_agrees_with_the_cost_matrix():
         assert abs(est.bpd - mat) < 3.5 * math.hypot(est.stderr, mat_se), (sched, est, mat, mat_se)
         assert est.terms.shape == (len(sched) + 1,)
         np.testing.assert_allclose(est.terms.sum(), est.bpd, rtol=1e-12)
+
+
+def test_data_shards_pool_the_prior_and_the_counts():
+    """Shards of data: the prior (exact given the data) pools to the full data's prior, counts add up."""
+    model = tiny_model(T=6)
+    data = discrete_data(30, seed=4)
+    halves = [dpddpm.cost_matrix(model, d, progress=False, seed=s) for d, s in ((data[:12], 0), (data[12:], 1))]
+    merged = dpddpm.CostMatrix.merge(halves)
+    full = dpddpm.cost_matrix(model, data, progress=False)
+    np.testing.assert_allclose(merged.prior, full.prior, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(merged.prior_stderr, full.prior_stderr, rtol=1e-9, equal_nan=True)
+    assert merged.counts[1:].tolist() == [30] * 6 and merged.meta["N"] == 30
