@@ -2,18 +2,29 @@
 
 from .costmatrix import CostMatrix
 from .costs import cost_matrix
+from .diffusers_export import diffusers_scheduler_config, to_diffusers_timesteps
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_stderr, schedule_terms
 from .evaluate import ELBOEstimate, elbo
+from .loaders import (
+    PRESETS as IMPROVED_DIFFUSION_PRESETS,
+    CheckpointMismatchError,
+    build_improved_diffusion_unet,
+    load_diffusers,
+    load_improved_diffusion,
+)
 from .model import DDPM
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
 from .strides import even_schedule, quadratic_schedule
 from .terms import edge_bpd, prior_bpd
+from .unet import UNetModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CostMatrix", "DDPM", "ELBOEstimate", "NoiseSchedule", "OptimalSchedules", "cost_matrix", "ddim_sample",
     "edge_bpd", "elbo", "even_schedule", "optimal_schedules", "prior_bpd", "quadratic_schedule", "sample",
-    "schedule_bpd", "schedule_stderr", "schedule_terms",
+    "schedule_bpd", "schedule_stderr", "schedule_terms", "IMPROVED_DIFFUSION_PRESETS", "CheckpointMismatchError",
+    "build_improved_diffusion_unet", "load_diffusers", "load_improved_diffusion", "UNetModel",
+    "to_diffusers_timesteps", "diffusers_scheduler_config",
 ]

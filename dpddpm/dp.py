@@ -17,7 +17,7 @@ import torch
 from .costmatrix import CostMatrix
 from .validation import check_budget, check_schedule
 
-ROW_BLOCK = 32  # rows per reduction: keeps the temporary (block x T) in cache
+ROW_BLOCK = 32  # rows per reduction on the CPU: keeps the temporary (block x T) in cache
 
 
 @dataclass(eq=False)
@@ -103,23 +103,55 @@ def optimal_schedules(
     T = costs.T
     K_max = check_budget(max_steps, T)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    W = torch.as_tensor(costs.kl, device=device).nan_to_num(nan=float("inf"))
-    idx_dtype = torch.int16 if T < 2**15 else torch.int32
-
-    values = torch.full((K_max + 1, T + 1), float("inf"), dtype=torch.float64, device=device)
-    pointers = torch.zeros((K_max + 1, T + 1), dtype=idx_dtype, device=device)
-    values[2, 2:] = W[2:, 1] + torch.as_tensor(costs.decoder[2:], device=device)
+    W = np.nan_to_num(costs.kl, nan=np.inf)
+    idx_dtype = np.int16 if T < 2**15 else np.int32
+    values = np.full((K_max + 1, T + 1), np.inf)
+    pointers = np.zeros((K_max + 1, T + 1), dtype=idx_dtype)
+    values[2, 2:] = W[2:, 1] + costs.decoder[2:]
     pointers[2, 2:] = 1
+    sweep = _sweep_torch if device.type != "cpu" else _sweep_numpy
+    sweep(W, values, pointers, device)
+    return OptimalSchedules(values=values, pointers=pointers,
+                            prior=np.asarray(costs.prior, dtype=np.float64), start=start, costs=costs)
+
+
+def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device=None) -> None:
+    """Fill values[k], pointers[k] for k >= 3 in place, on the CPU.
+
+    Rows are processed in blocks that fit in cache, into one reused buffer; numpy's argmin is vectorized and
+    single-threaded, which on a loaded 2-core machine beats torch's threaded kernels by far.
+    """
+    K_max, T = values.shape[0] - 1, values.shape[1] - 1
+    buf = np.empty((ROW_BLOCK, T + 1))
+    rows = np.arange(ROW_BLOCK)
     for k in range(3, K_max + 1):
         prev = values[k - 1]
         # D_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k.
         for a in range(k, T + 1, ROW_BLOCK):
             b = min(a + ROW_BLOCK, T + 1)
-            best, arg = (W[a:b, k - 1:b] + prev[k - 1:b]).min(dim=1)
-            values[k, a:b] = best
-            pointers[k, a:b] = (arg + (k - 1)).to(idx_dtype)
-    return OptimalSchedules(values=values.cpu().numpy(), pointers=pointers.cpu().numpy(),
-                            prior=np.asarray(costs.prior, dtype=np.float64), start=start, costs=costs)
+            cand = buf[: b - a, : b - k + 1]
+            np.add(W[a:b, k - 1:b], prev[k - 1:b], out=cand)
+            arg = cand.argmin(axis=1)
+            values[k, a:b] = cand[rows[: b - a], arg]
+            pointers[k, a:b] = arg + (k - 1)
+
+
+def _sweep_torch(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device: torch.device) -> None:
+    """The same sweep with torch on an accelerator: each block is one fused add and min-reduction."""
+    K_max, T = values.shape[0] - 1, values.shape[1] - 1
+    Wd = torch.as_tensor(W, device=device)
+    vals = torch.as_tensor(values, device=device)
+    ptrs = torch.zeros(values.shape, dtype=torch.int32, device=device)
+    block = 1024  # large blocks: an accelerator prefers few big reductions
+    for k in range(3, K_max + 1):
+        prev = vals[k - 1]
+        for a in range(k, T + 1, block):
+            b = min(a + block, T + 1)
+            best, arg = (Wd[a:b, k - 1:b] + prev[k - 1:b]).min(dim=1)
+            vals[k, a:b] = best
+            ptrs[k, a:b] = (arg + (k - 1)).to(torch.int32)
+    values[:] = vals.cpu().numpy()
+    pointers[3:] = ptrs[3:].cpu().numpy().astype(pointers.dtype)
 
 
 def schedule_bpd(costs: CostMatrix, schedule) -> float:

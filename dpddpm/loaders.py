@@ -34,6 +34,7 @@ __all__ = [
     "build_improved_diffusion_unet",
     "load_improved_diffusion",
     "load_diffusers",
+    "diffusers_schedule",
 ]
 
 #: improved-diffusion's ``model_and_diffusion_defaults()`` (``script_util.py``): every flag a checkpoint's

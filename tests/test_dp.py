@@ -127,3 +127,21 @@ def test_strides_have_exactly_K_distinct_steps(fn):
 def test_quadratic_stride_is_quadratic():
     s = dpddpm.quadratic_schedule(4000, 11)[::-1]
     np.testing.assert_array_equal(s, 1 + np.round(3999 * (np.arange(11) / 10) ** 2))
+
+
+def test_accelerator_sweep_agrees_with_the_cpu_sweep():
+    """The torch sweep (used on CUDA) run on the CPU gives the same values and pointers as numpy's."""
+    from dpddpm.dp import _sweep_numpy, _sweep_torch
+
+    costs = random_costs(60, 3)
+    W = np.nan_to_num(costs.kl, nan=np.inf)
+    out = []
+    for sweep in (_sweep_numpy, _sweep_torch):
+        values = np.full((21, 61), np.inf)
+        pointers = np.zeros((21, 61), dtype=np.int16)
+        values[2, 2:] = W[2:, 1] + costs.decoder[2:]
+        pointers[2, 2:] = 1
+        sweep(W, values, pointers, __import__("torch").device("cpu"))
+        out.append((values, pointers))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
