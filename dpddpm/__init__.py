@@ -2,6 +2,8 @@
 
 from .costmatrix import CostMatrix
 from .costs import cost_matrix
+from .datasets import load_images
+from .digits import digits_split
 from .diffusers_export import diffusers_scheduler_config, to_diffusers_timesteps
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_stderr, schedule_terms
 from .evaluate import ELBOEstimate, elbo
@@ -13,6 +15,8 @@ from .loaders import (
     load_improved_diffusion,
 )
 from .model import DDPM
+from .pretrained import PRETRAINED, load_pretrained, model_card
+from .reproduce import reproduce
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
 from .strides import even_schedule, quadratic_schedule
@@ -26,5 +30,6 @@ __all__ = [
     "edge_bpd", "elbo", "even_schedule", "optimal_schedules", "prior_bpd", "quadratic_schedule", "sample",
     "schedule_bpd", "schedule_stderr", "schedule_terms", "IMPROVED_DIFFUSION_PRESETS", "CheckpointMismatchError",
     "build_improved_diffusion_unet", "load_diffusers", "load_improved_diffusion", "UNetModel",
-    "to_diffusers_timesteps", "diffusers_scheduler_config",
+    "to_diffusers_timesteps", "diffusers_scheduler_config", "load_images", "digits_split", "PRETRAINED",
+    "load_pretrained", "model_card", "reproduce",
 ]

@@ -9,7 +9,10 @@ depend on batch size, row order or how rows are split between processes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -61,6 +64,10 @@ def cost_matrix(
     progress: bool = True,
     seed: int = 0,
     rows: Iterable[int] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    save_every: float = 60.0,
+    autocast: str | None = None,
 ) -> CostMatrix:
     """Monte-Carlo estimate of every ELBO edge cost of ``model`` on ``data``.
 
@@ -73,6 +80,12 @@ def cost_matrix(
         seed: noise seed; row t uses ``row_generator(seed, t)``.
         rows: compute only these rows t (1 = decoder row); the result is then a partial matrix with
             ``counts[t] = 0`` elsewhere, to be combined with :meth:`CostMatrix.merge`.
+        checkpoint: an ``.npz`` file that completed rows are saved to (atomically) at most every
+            ``save_every`` seconds, on an interruption, and at the end.
+        resume: continue from an existing ``checkpoint``: its rows are kept and only the missing ones are
+            computed. Noise is seeded per row, so the result equals an uninterrupted run.
+        save_every: seconds between checkpoint writes.
+        autocast: ``"bf16"`` or ``"fp16"`` to run the network under CUDA autocast (costs stay float64).
     Returns:
         a :class:`CostMatrix` of float64 bits/dim with standard errors and per-row sample counts.
     """
@@ -84,6 +97,7 @@ def cost_matrix(
     if any(t < 1 or t > T for t in row_list):
         raise ValueError(f"rows must lie in 1..T = {T}")
     device = torch.device(device) if device is not None else _model_device(model)
+    amp = _autocast(autocast, device)
     model = model.to(device)
     sched = model.schedule
     N = data.shape[0]
@@ -96,57 +110,98 @@ def cost_matrix(
     decoder_se = np.full(T + 1, np.nan)
     counts = np.zeros(T + 1, dtype=np.int64)
 
-    open_rows: dict[int, tuple[object, torch.Tensor]] = {}
-    bar = _progress(progress, total=len(row_list) * N)
-    for batch in _pieces(row_list, N, int(batch_size)):
-        x_t_parts, t_parts = [], []
-        for t, a, b in batch:
-            if t not in open_rows:
-                acc = DecoderRow(sched, model.variance, model.num_bins, device) if t == 1 else \
-                    KLRow(sched, t, model.variance, D, device)
-                noise = torch.randn(N, D, generator=row_generator(seed, t, device), device=device,
-                                    dtype=torch.float64)
-                open_rows[t] = (acc, noise)
-            noise = open_rows[t][1][a:b]
-            ab = float(sched.alpha_bar[t])
-            x_t_parts.append((math.sqrt(ab) * x0_all[a:b] + math.sqrt(1.0 - ab) * noise).float())
-            t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
-        x_t = torch.cat(x_t_parts)
-        eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
-        eps = eps.reshape(x_t.shape[0], D).double()
-        v = None if v is None else v.reshape(x_t.shape[0], D)
-        offset = 0
-        for (t, a, b), xt in zip(batch, x_t_parts):
-            sl = slice(offset, offset + b - a)
-            offset += b - a
-            acc = open_rows[t][0]
-            x0 = x0_all[a:b]
-            x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
-            if t == 1:
-                acc.add(x0, x0_hat, None if v is None else v[sl])
-            else:
-                acc.add((x0 - x0_hat).pow(2), None if v is None else v[sl])
-            if b == N:  # the row is complete
-                mean, se = acc.stats.result()
-                if t == 1:
-                    decoder[2:], decoder_se[2:] = mean, se
-                else:
-                    kl[t, 1:t], stderr[t, 1:t] = mean, se
-                counts[t] = N
-                del open_rows[t]
-        if bar is not None:
-            bar.update(x_t.shape[0])
-    if bar is not None:
-        bar.close()
-
     prior_samples = prior_bpd(sched, np.arange(1, T + 1), x0_all)  # (N, T), exact given the data
     prior = np.concatenate([[np.nan], prior_samples.mean(0).cpu().numpy()])
     prior_se = np.concatenate([[np.nan], (prior_samples.std(0) / math.sqrt(N)).cpu().numpy()
                                if N > 1 else np.full(T, np.nan)])
+    del prior_samples
     meta = {"T": T, "variance": model.variance, "num_bins": model.num_bins,
             "clip_denoised": model.clip_denoised, "seed": int(seed), "N": int(N)}
-    return CostMatrix(kl=kl, decoder=decoder, prior=prior, stderr=stderr, decoder_stderr=decoder_se,
-                      prior_stderr=prior_se, counts=counts, meta=meta)
+
+    def result() -> CostMatrix:
+        return CostMatrix(kl=kl, decoder=decoder, prior=prior, stderr=stderr, decoder_stderr=decoder_se,
+                          prior_stderr=prior_se, counts=counts, meta=meta)
+
+    if checkpoint is not None:
+        from .resume import open_checkpoint
+
+        done = open_checkpoint(checkpoint, resume, meta)
+        if done is not None:  # copy the finished rows and skip them
+            have = done.rows_done
+            kl[have], stderr[have], counts[have] = done.kl[have], done.stderr[have], done.counts[have]
+            if have[1]:
+                decoder[:], decoder_se[:] = done.decoder, done.decoder_stderr
+            row_list = [t for t in row_list if not have[t]]
+    last_save = time.monotonic()
+
+    open_rows: dict[int, tuple[object, torch.Tensor]] = {}
+    bar = _progress(progress, total=len(row_list) * N)
+    try:
+        for batch in _pieces(row_list, N, int(batch_size)):
+            x_t_parts, t_parts = [], []
+            for t, a, b in batch:
+                if t not in open_rows:
+                    acc = DecoderRow(sched, model.variance, model.num_bins, device) if t == 1 else \
+                        KLRow(sched, t, model.variance, D, device)
+                    noise = torch.randn(N, D, generator=row_generator(seed, t, device), device=device,
+                                        dtype=torch.float64)
+                    open_rows[t] = (acc, noise)
+                noise = open_rows[t][1][a:b]
+                ab = float(sched.alpha_bar[t])
+                x_t_parts.append((math.sqrt(ab) * x0_all[a:b] + math.sqrt(1.0 - ab) * noise).float())
+                t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
+            x_t = torch.cat(x_t_parts)
+            with amp:
+                eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
+            eps = eps.reshape(x_t.shape[0], D).double()
+            v = None if v is None else v.reshape(x_t.shape[0], D).float()
+            offset = 0
+            for (t, a, b), xt in zip(batch, x_t_parts):
+                sl = slice(offset, offset + b - a)
+                offset += b - a
+                acc = open_rows[t][0]
+                x0 = x0_all[a:b]
+                x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
+                if t == 1:
+                    acc.add(x0, x0_hat, None if v is None else v[sl])
+                else:
+                    acc.add((x0 - x0_hat).pow(2), None if v is None else v[sl])
+                if b == N:  # the row is complete
+                    mean, se = acc.stats.result()
+                    if t == 1:
+                        decoder[2:], decoder_se[2:] = mean, se
+                    else:
+                        kl[t, 1:t], stderr[t, 1:t] = mean, se
+                    counts[t] = N
+                    del open_rows[t]
+            if bar is not None:
+                bar.update(x_t.shape[0])
+            if checkpoint is not None and time.monotonic() - last_save >= save_every:
+                result().save(checkpoint)
+                last_save = time.monotonic()
+    except BaseException:  # an interruption: keep every finished row, then re-raise
+        if checkpoint is not None and counts[1:].any():
+            result().save(checkpoint)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    costs = result()
+    if checkpoint is not None:
+        costs.save(checkpoint)
+    return costs
+
+
+def _autocast(kind: str | None, device: torch.device):
+    """A CUDA autocast context for ``"bf16"``/``"fp16"``, or a no-op for None."""
+    if kind is None:
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if kind not in dtypes:
+        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {kind!r}")
+    if device.type != "cuda":
+        raise ValueError(f"autocast={kind!r} is only supported on CUDA devices, not {device.type}")
+    return torch.autocast(device_type="cuda", dtype=dtypes[kind])
 
 
 def _progress(enabled: bool, total: int):

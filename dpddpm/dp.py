@@ -165,7 +165,8 @@ def schedule_stderr(costs: CostMatrix, schedule) -> float:
     sched = check_schedule(schedule, costs.T)
     if costs.stderr is None or costs.decoder_stderr is None:
         raise ValueError("this cost matrix carries no standard errors")
-    var = np.sum(costs.stderr[sched[:-2], sched[1:-1]] ** 2) + costs.decoder_stderr[sched[-2]] ** 2
+    # every KL edge t_i -> t_{i-1} (t_2 -> 1 included) plus the decoder edge attached to t_2
+    var = np.sum(costs.stderr[sched[:-1], sched[1:]] ** 2) + costs.decoder_stderr[sched[-2]] ** 2
     return float(np.sqrt(var))
 
 

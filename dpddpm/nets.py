@@ -30,14 +30,15 @@ def _fourier(x: torch.Tensor, n: int, lo: float, hi: float) -> torch.Tensor:
 class ResBlock(nn.Module):
     """h + W2 silu(W1 LN(h) + temb): a pre-norm residual MLP block conditioned additively on time."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(dropout)
         self.fc1 = nn.Linear(hidden, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(torch.nn.functional.silu(self.fc1(self.norm(h)) + temb))
+        return h + self.fc2(self.drop(torch.nn.functional.silu(self.fc1(self.norm(h)) + temb)))
 
 
 class DigitsNet(nn.Module):
@@ -50,6 +51,7 @@ class DigitsNet(nn.Module):
         rank: the learned residual logits of a pixel are ``coef (rank,) @ basis (rank, num_bins)``, with the
             basis shared by all pixels (a low-rank head keeps the net fast on a CPU).
         learn_sigma: also output the raw variance value v (learned_range), as a second channel.
+        dropout: inside the residual blocks, in training only (1197 images overfit quickly).
     Forward:
         x_t: (B, 1, 8, 8) float32; t_index: (B,) int, 0-based (``time_input="index"``: t_index = t - 1).
         returns (B, 1, 8, 8) epsilon, or (B, 2, 8, 8) = [epsilon, v] if learn_sigma.
@@ -58,10 +60,11 @@ class DigitsNet(nn.Module):
     MAX_RESIDUAL = 30.0  # |residual logit| bound: exp() of the logits then never overflows float32
 
     def __init__(self, alpha_bar: np.ndarray, num_bins: int = 17, hidden: int = 192, blocks: int = 2,
-                 rank: int = 8, learn_sigma: bool = False, fourier: int = 16) -> None:
+                 rank: int = 8, learn_sigma: bool = False, fourier: int = 16, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_bins, self.hidden, self.blocks, self.rank, self.learn_sigma, self.fourier = (
             num_bins, hidden, blocks, rank, learn_sigma, fourier)
+        self.dropout = dropout
         self.dims = 64
         # not persistent: the schedule is rebuilt from its name, so weight files hold only learned float32 tensors
         self.register_buffer("alpha_bar", torch.tensor(np.asarray(alpha_bar), dtype=torch.float64),
@@ -71,7 +74,7 @@ class DigitsNet(nn.Module):
                              persistent=False)
         self.inp = nn.Linear(2 * self.dims, hidden)  # [x_t, per-pixel posterior mean]
         self.temb = nn.Sequential(nn.Linear(2 * fourier, hidden), nn.SiLU())
-        self.res = nn.ModuleList(ResBlock(hidden) for _ in range(blocks))
+        self.res = nn.ModuleList(ResBlock(hidden, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(hidden)
         self.coef = nn.Linear(hidden, self.dims * rank)
         nn.init.zeros_(self.coef.weight)  # start from the per-pixel posterior
@@ -85,7 +88,7 @@ class DigitsNet(nn.Module):
     def config(self) -> dict:
         """Constructor arguments other than alpha_bar (for model cards and loading)."""
         return {"num_bins": self.num_bins, "hidden": self.hidden, "blocks": self.blocks, "rank": self.rank,
-                "learn_sigma": self.learn_sigma, "fourier": self.fourier}
+                "learn_sigma": self.learn_sigma, "fourier": self.fourier, "dropout": self.dropout}
 
     def base_logits(self, x: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """Per-pixel posterior logits of the levels under a uniform prior, minus their maximum.

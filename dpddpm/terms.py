@@ -63,7 +63,7 @@ def jump_log_variance(
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of the standard normal CDF used by Ho et al. and improved-diffusion."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 def discretized_gaussian_nll(
@@ -77,14 +77,11 @@ def discretized_gaussian_nll(
     half = 1.0 / (num_bins - 1)
     inv_std = torch.exp(-0.5 * torch.as_tensor(log_var, dtype=torch.float64, device=x0.device))
     centered = x0 - mean
-    cdf_plus = approx_standard_normal_cdf(inv_std * (centered + half))
-    cdf_min = approx_standard_normal_cdf(inv_std * (centered - half))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     edge = 1.0 - half / 2  # any value between the outermost level and its neighbour
-    log_p = torch.where(x0 < -edge, log_cdf_plus, torch.where(x0 > edge, log_one_minus_cdf_min, log_delta))
-    return -log_p
+    # The outermost bins extend to -inf and +inf: take the CDF tail there. One log per element.
+    upper = torch.where(x0 > edge, 1.0, approx_standard_normal_cdf(inv_std * (centered + half)))
+    lower = torch.where(x0 < -edge, 0.0, approx_standard_normal_cdf(inv_std * (centered - half)))
+    return -torch.log((upper - lower).clamp(min=1e-12))
 
 
 def edge_bpd(

@@ -145,3 +145,15 @@ def test_accelerator_sweep_agrees_with_the_cpu_sweep():
         out.append((values, pointers))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+def test_schedule_stderr_adds_every_edge():
+    T = 4
+    kl = np.full((T + 1, T + 1), np.nan)
+    kl[np.tril_indices(T + 1, -1)] = 1.0
+    kl[:, 0] = np.nan
+    se = np.where(np.isnan(kl), np.nan, 1.0)
+    costs = dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan, np.ones(T)],
+                              stderr=se, decoder_stderr=np.r_[np.nan, np.nan, np.ones(T - 1)])
+    assert dpddpm.schedule_stderr(costs, [4, 1]) == pytest.approx(np.sqrt(2))  # L(4, 1) and decoder[4]
+    assert dpddpm.schedule_stderr(costs, [4, 2, 1]) == pytest.approx(np.sqrt(3))

@@ -1,0 +1,161 @@
+"""Real image data sets from local files (nothing is downloaded), as float32 (N, C, H, W) in [-1, 1].
+
+Every loader maps 8-bit values x in 0..255 to ``x / 127.5 - 1`` (256 levels, the scaling improved-diffusion
+uses). Supported inputs, chosen by :func:`load_images` from what the path is:
+
+- a CIFAR-10 python folder (``cifar-10-batches-py``: ``data_batch_1..5``, ``test_batch``), split "train"/"test";
+- a downsampled-ImageNet ``.npz`` (key ``"data"``, uint8 (N, 12288) in CHW order, or (N, 64, 64, 3) HWC);
+- any ``.npz`` of uint8 images (the key given as ``split``, or its single array), HWC or CHW detected;
+- a folder of PNG files (read with Pillow), all the same size, RGB or grayscale.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+IMAGE_SUFFIXES = (".png",)
+
+
+def to_unit_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, H, W) in 0..255 -> float32 (N, C, H, W) in [-1, 1] (``x / 127.5 - 1``)."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit images (uint8), got dtype {images.dtype}")
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)
+
+
+def _limit(images: np.ndarray, limit: int | None) -> np.ndarray:
+    if limit is None:
+        return images
+    if int(limit) < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return images[: int(limit)]
+
+
+def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
+    """uint8 images in any common layout -> (N, C, H, W).
+
+    Accepts (N, H, W) grayscale, (N, H, W, C) or (N, C, H, W) with C in {1, 3, 4}, and flat (N, 3 S^2) rows in
+    CHW order (CIFAR-10 and the official downsampled-ImageNet files).
+    """
+    if arr.ndim == 2:  # flat rows, CHW order
+        d = arr.shape[1]
+        side = int(round((d / 3) ** 0.5))
+        if 3 * side * side != d:
+            raise ValueError(f"{source}: cannot read flat rows of length {d} as 3 x S x S images")
+        return arr.reshape(-1, 3, side, side)
+    if arr.ndim == 3:
+        return arr[:, None]
+    if arr.ndim == 4:
+        if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+            return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+        if arr.shape[1] in (1, 3, 4):
+            return arr
+        raise ValueError(f"{source}: cannot tell the channel axis of images of shape {arr.shape}")
+    raise ValueError(f"{source}: expected images of 2 to 4 dimensions, got shape {arr.shape}")
+
+
+def load_cifar10(folder: str | Path, split: str = "train", limit: int | None = None) -> torch.Tensor:
+    """CIFAR-10 from its python batches: (50000 or 10000, 3, 32, 32) float32 in [-1, 1], in file order."""
+    folder = Path(folder)
+    if split not in CIFAR_SPLITS:
+        raise ValueError(f"CIFAR-10 split must be one of {list(CIFAR_SPLITS)}, got {split!r}")
+    parts, total = [], 0
+    for name in CIFAR_SPLITS[split]:
+        path = folder / name
+        if not path.exists():
+            raise FileNotFoundError(f"CIFAR-10 batch {path} is missing")
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        if b"data" not in batch:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' entry)")
+        parts.append(np.asarray(batch[b"data"], dtype=np.uint8))
+        total += len(parts[-1])
+        if limit is not None and total >= limit:
+            break
+    return to_unit_range(_limit(_to_nchw(np.concatenate(parts), str(folder)), limit))
+
+
+def load_npz(path: str | Path, key: str | None = None, limit: int | None = None) -> torch.Tensor:
+    """uint8 images from an ``.npz`` file: ``key``, else ``"data"`` (downsampled ImageNet), else its only array."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as f:
+        names = list(f.files)
+        if key is None:
+            if "data" in names:
+                key = "data"
+            elif len(names) == 1:
+                key = names[0]
+            else:
+                raise ValueError(f"{path} holds several arrays ({', '.join(names)}); say which one (split=KEY)")
+        if key not in names:
+            raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(names)}")
+        arr = f[key]
+    return to_unit_range(_limit(_to_nchw(arr, str(path)), limit))
+
+
+def load_png_folder(folder: str | Path, limit: int | None = None) -> torch.Tensor:
+    """Every ``*.png`` in ``folder`` (sorted by name), all the same size; grayscale -> 1 channel, else RGB."""
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("reading PNG folders needs Pillow: pip install pillow") from exc
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no PNG files")
+    if limit is not None:
+        files = files[: int(limit)]
+    images, first = [], None
+    for p in files:
+        with Image.open(p) as im:
+            gray = im.mode in ("1", "L", "I", "I;16", "LA")
+            arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if first is None:
+            first = (p, arr.shape)
+        elif arr.shape != first[1]:
+            raise ValueError(f"inconsistent image sizes: {first[0].name} is {first[1]} (C, H, W) but "
+                             f"{p.name} is {arr.shape}")
+        images.append(arr)
+    return to_unit_range(np.stack(images))
+
+
+def is_cifar10_folder(path: str | Path) -> bool:
+    """True for a ``cifar-10-batches-py`` folder, or a folder that holds one."""
+    path = Path(path)
+    return path.is_dir() and any((d / n).exists() for d in (path, path / "cifar-10-batches-py")
+                                 for n in ("data_batch_1", "test_batch"))
+
+
+def load_images(path: str | Path, *, split: str | None = None, limit: int | None = None) -> torch.Tensor:
+    """Load images from ``path``, whatever it is, as float32 (N, C, H, W) in [-1, 1].
+
+    Args:
+        path: a CIFAR-10 python folder, an ``.npz`` file, or a folder of PNG files.
+        split: CIFAR-10: "train" (default) or "test"; ``.npz``: the array's key (default "data" or the only one).
+        limit: keep only the first ``limit`` images.
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: an unknown format, or images of inconsistent sizes.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no data at {path}")
+    if path.is_dir():
+        if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+            return load_cifar10(path, split or "train", limit)
+        if (path / "cifar-10-batches-py").is_dir():
+            return load_cifar10(path / "cifar-10-batches-py", split or "train", limit)
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            if split is not None:
+                raise ValueError(f"a PNG folder has no splits; got split={split!r}")
+            return load_png_folder(path, limit)
+        raise ValueError(f"{path} is neither a CIFAR-10 python folder nor a folder of PNG files")
+    if path.suffix == ".npz":
+        return load_npz(path, split, limit)
+    raise ValueError(f"unknown data format {path.name!r}: expected a CIFAR-10 folder, a PNG folder or an .npz file")

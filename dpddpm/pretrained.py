@@ -1,0 +1,56 @@
+"""The bundled digits models, loaded from package data (``dpddpm/weights/<name>.pt`` and ``<name>.json``).
+
+Both are DDPMs on scikit-learn's 8x8 digits (17 levels, cosine schedule, T = 4000) trained by
+``python -m dpddpm.train <name>``; the model card (JSON) records the data split, the recipe and the
+measured held-out ELBO.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import torch
+
+from .digits import DATA_SHAPE
+from .model import DDPM
+from .nets import DigitsNet
+from .schedule import NoiseSchedule
+
+PRETRAINED = ("digits-simple", "digits-hybrid")
+
+
+def _check_name(name: str) -> str:
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; known names: {', '.join(PRETRAINED)}")
+    return name
+
+
+def _resource(filename: str):
+    return resources.files("dpddpm").joinpath("weights", filename)
+
+
+def model_card(name: str) -> dict:
+    """The model card of a bundled model as a dict (data split, recipe, parameter count, test ELBO, ...)."""
+    return json.loads(_resource(f"{_check_name(name)}.json").read_text(encoding="utf-8"))
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
+    """Load a bundled model: ``"digits-simple"`` (fixed variance) or ``"digits-hybrid"`` (learned variance).
+
+    Returns a :class:`DDPM` in eval mode on ``device``; data shape (1, 8, 8), 17 levels, T = 4000.
+    """
+    card = model_card(name)
+    if card.get("schedule") != "cosine":
+        raise ValueError(f"model card of {name!r} names schedule {card.get('schedule')!r}; expected 'cosine'")
+    sched = NoiseSchedule.cosine(int(card["T"]))
+    cfg = {k: card["net"][k] for k in ("num_bins", "hidden", "blocks", "rank", "learn_sigma", "fourier", "dropout")
+           if k in card["net"]}
+    net = DigitsNet(sched.alpha_bar, **cfg)
+    with resources.as_file(_resource(f"{name}.pt")) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    model = DDPM(net, sched, card["variance"], time_input=card.get("time_input", "index"),
+                 data_shape=DATA_SHAPE, num_bins=int(card["net"]["num_bins"]),
+                 clip_denoised=bool(card.get("clip_denoised", True)))
+    return model.eval().to(device)

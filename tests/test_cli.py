@@ -1,0 +1,202 @@
+"""The command line: subcommands end to end on a tiny model, sharding + merge, errors, and --help."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dpddpm
+from dpddpm import cli
+from toy_models import discrete_data, tiny_model
+
+T = 12
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Route every model/data option of the CLI to a tiny learned-variance model and 6 data points."""
+    model, data = tiny_model(T=T), discrete_data(6)
+    monkeypatch.setattr(cli, "load_model", lambda args: model)
+    monkeypatch.setattr(cli, "load_data", lambda args: data)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return model, data
+
+
+MODEL = ["--pretrained", "tiny", "--digits-split", "test", "--device", "cpu"]
+NET = ["--pretrained", "tiny", "--device", "cpu"]  # for subcommands without data
+
+
+def _assert_close(a, b):
+    np.testing.assert_allclose(a.kl, b.kl, rtol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(a.decoder, b.decoder, rtol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(a.prior, b.prior, rtol=1e-8, equal_nan=True)
+    np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def test_two_shards_merge_to_unsharded_run(tiny, tmp_path):
+    model, data = tiny
+    full = dpddpm.cost_matrix(model, data, batch_size=5, progress=False, seed=0)
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"part{i}.npz"
+        assert cli.main(["costs", *MODEL, "--batch-size", "5", "--quiet", "--shard-index", str(i),
+                         "--num-shards", "2", "--out", str(out)]) == 0
+        part = dpddpm.CostMatrix.load(out)
+        assert list(np.flatnonzero(part.rows_done)) == [t for t in range(1, T + 1) if t % 2 == i]
+        parts.append(str(out))
+    assert cli.main(["merge", str(tmp_path / "merged.npz"), *parts[:1]]) == 2  # incomplete
+    assert cli.main(["merge", str(tmp_path / "merged.npz"), *parts]) == 0
+    _assert_close(dpddpm.CostMatrix.load(tmp_path / "merged.npz"), full)
+
+
+def test_torchrun_env_writes_rank_files(tiny, tmp_path, monkeypatch):
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert cli.main(["costs", *MODEL, "--quiet", "--out", str(tmp_path / "c.npz")]) == 0
+    assert (tmp_path / "c.rank0.npz").exists() and (tmp_path / "c.rank1.npz").exists()
+    assert not (tmp_path / "c.npz").exists()
+    assert cli.main(["merge", str(tmp_path / "c.npz"), str(tmp_path / "c.rank0.npz"),
+                     str(tmp_path / "c.rank1.npz")]) == 0
+    assert dpddpm.CostMatrix.load(tmp_path / "c.npz").is_complete
+
+
+def test_costs_existing_file_needs_resume(tiny, tmp_path, capsys):
+    out = str(tmp_path / "c.npz")
+    assert cli.main(["costs", *MODEL, "--quiet", "--out", out]) == 0
+    assert cli.main(["costs", *MODEL, "--quiet", "--out", out]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["costs", *MODEL, "--quiet", "--out", out, "--resume"]) == 0
+
+
+def test_schedule_elbo_sample_export(tiny, tmp_path, capsys):
+    model, data = tiny
+    costs = tmp_path / "c.npz"
+    assert cli.main(["costs", *MODEL, "--quiet", "--out", str(costs)]) == 0
+    assert cli.main(["schedule", str(costs), "--steps", "4", "--json", str(tmp_path / "s.json")]) == 0
+    saved = json.loads((tmp_path / "s.json").read_text())
+    best = dpddpm.optimal_schedules(dpddpm.CostMatrix.load(costs), 4)
+    assert saved["schedule"] == best.schedule(4).tolist()
+    assert saved["bpd"] == pytest.approx(best.bpd(4))
+
+    assert cli.main(["elbo", *MODEL, "--quiet", "--schedule-json", str(tmp_path / "s.json"),
+                     "--json", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["bpd"] == pytest.approx(dpddpm.elbo(model, data, best.schedule(4)).bpd)
+    for spec in (["--even", "3"], ["--quadratic", "3"], ["--costs", str(costs), "--steps", "3"]):
+        assert cli.main(["elbo", *MODEL, "--quiet", *spec]) == 0
+
+    assert cli.main(["sample", *NET, "-n", "5", "--even", "4", "--out", str(tmp_path / "x.npy")]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (5, 1, 4, 4)
+    pytest.importorskip("PIL")
+    assert cli.main(["sample", *NET, "-n", "5", "--ddim", "--even", "4", "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").stat().st_size > 0
+
+    assert cli.main(["export", "--costs", str(costs), "--steps", "4", "--out", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text()) == [int(t) - 1 for t in best.schedule(4)]
+    capsys.readouterr()
+    assert cli.main(["export", "--even", "3", "--format", "plain"]) == 2  # even needs T: clear error
+    assert cli.main(["export", "--schedule-json", str(tmp_path / "s.json"), "--format", "plain"]) == 0
+    assert json.loads(capsys.readouterr().out) == saved["schedule"]
+
+
+def test_reproduce_pipeline_on_tiny_model(tmp_path):
+    from dpddpm.reproduce import reproduce
+
+    model = tiny_model(T=T)
+    res = reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2, 4],
+                    batch_size=16, progress=False, name="tiny")
+    assert [r["K"] for r in res["rows"]] == [2, 4]
+    for r in res["rows"]:
+        for kind in ("even", "quadratic", "dp"):
+            assert np.isfinite(r[kind]["test_bpd"]) and len(r[kind]["schedule"]) == r["K"]
+        assert r["dp"]["selection_bpd"] <= r["even"]["selection_bpd"] + 1e-12
+    assert res["full"]["K"] == T and np.isfinite(res["full"]["test_bpd"])
+    t = res["timing"]
+    assert t["cost_matrix_network_calls"] > 0 and 0 < t["cost_matrix_network_s"] <= t["cost_matrix_s"]
+    for name in ("results.json", "results.md", "results.png", "costs.npz"):
+        assert (tmp_path / name).exists()
+    assert "| 4 |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(FileExistsError):  # the cost matrix checkpoint is kept; rerunning needs resume
+        reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2], progress=False)
+    again = reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2, 4],
+                      batch_size=16, progress=False, resume=True, skip_full=True)
+    assert again["rows"][1]["dp"]["schedule"] == res["rows"][1]["dp"]["schedule"]
+    assert again["full"] is None
+
+
+def test_shard_rows_interleave():
+    rows = [cli.shard_rows(10, i, 3) for i in range(3)]
+    assert sorted(sum(rows, [])) == list(range(1, 11))
+    assert rows[1] == [1, 4, 7, 10]
+    assert cli.rank_path("out/costs.npz", 3) == Path("out/costs.rank3.npz")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["schedule", "missing.npz", "--steps", "4"], "not found"),
+    (["costs", "--out", "x.npz", "--digits-split", "test"], "exactly one model"),
+    (["costs", "--checkpoint", "nope.pt", "--preset", "cifar10_uncond_50M_500K", "--digits-split", "test",
+      "--out", "x.npz"], "not found"),
+    (["costs", "--pretrained", "digits-hybrid", "--out", "x.npz", "--shard-index", "0"], "go together"),
+    (["merge", "out.npz", "nope.npz"], "not found"),
+])
+def test_clear_errors(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_schedule_budget_is_clear(tmp_path, capsys):
+    costs = dpddpm.cost_matrix(tiny_model(T=6), discrete_data(3), progress=False)
+    costs.save(tmp_path / "c.npz")
+    assert cli.main(["schedule", str(tmp_path / "c.npz"), "--steps", "9"]) == 2
+    assert "2 <= K <= T" in capsys.readouterr().err
+
+
+def _run(*args, cwd=None):
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "dpddpm", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_subprocess_help_and_schedule(tmp_path):
+    r = _run("--help")
+    assert r.returncode == 0 and "costs" in r.stdout and "reproduce" in r.stdout
+    for sub in ("costs", "schedule", "elbo", "sample", "export", "merge", "reproduce"):
+        r = _run(sub, "--help")
+        assert r.returncode == 0 and "usage: dpddpm " + sub in r.stdout, sub
+    costs = dpddpm.cost_matrix(tiny_model(T=T), discrete_data(4), progress=False)
+    costs.save(tmp_path / "c.npz")
+    r = _run("schedule", str(tmp_path / "c.npz"), "--steps", "3", "--start", "free")
+    assert r.returncode == 0, r.stderr
+    best = dpddpm.optimal_schedules(costs, 3, start="free")
+    assert " ".join(map(str, best.schedule(3))) in r.stdout
+    r = _run("schedule", str(tmp_path / "missing.npz"), "--steps", "3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not found" in r.stderr
+
+
+def _digits_weights_present() -> bool:
+    try:
+        from importlib import resources
+
+        import dpddpm.pretrained  # noqa: F401
+    except ImportError:
+        return False
+    return resources.files("dpddpm").joinpath("weights", "digits-hybrid.pt").is_file()
+
+
+def test_reproduce_digits_hybrid(tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--pretrained", "digits-hybrid", "--selection", "8", "--test", "8",
+                     "--steps", "2", "4", "--skip-full", "--quiet", "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["K"] for r in res["rows"]] == [2, 4] and res["T"] == 4000
