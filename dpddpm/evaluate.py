@@ -76,20 +76,26 @@ def elbo(
         x0 = data[a:a + batch_size].to(device=device, dtype=torch.float64)
         terms[a:a + len(x0), 0] = prior_bpd(sched, int(sched_t[0]), x0).cpu().numpy()
         # edges t_i -> t_{i-1}; the last one is the decoder 1 -> 0 with t_above = t_2
-        edges = list(zip(sched_t[:-1], sched_t[1:])) + [(1, 0)]
-        for i, (t, s) in enumerate(edges):
-            t, s = int(t), int(s)
-            noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
-            ab = float(sched.alpha_bar[t])
-            x_t = (math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise).float()
-            eps, v = model.predict(x_t, t)
-            terms[a:a + len(x0), i + 1] = edge_bpd(
-                sched, t, s, x0, x_t.double(), eps, v, variance=model.variance,
-                t_above=int(sched_t[-2]) if s == 0 else None, num_bins=model.num_bins,
-                clip_denoised=model.clip_denoised,
-            ).cpu().numpy()
+        edges = [(int(t), int(s)) for t, s in zip(sched_t[:-1], sched_t[1:])] + [(1, 0)]
+        per_call = max(1, int(batch_size) // len(x0))  # pack several edges into one network call
+        for first in range(0, len(edges), per_call):
+            group = edges[first:first + per_call]
+            x_t = []
+            for t, _ in group:  # noise is drawn edge by edge, so packing does not change the estimate
+                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
+                ab = float(sched.alpha_bar[t])
+                x_t.append((math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise).float())
+            times = torch.tensor([t for t, _ in group], device=device).repeat_interleave(len(x0))
+            eps, v = model.predict(torch.cat(x_t), times)
+            for j, (t, s) in enumerate(group):
+                sl = slice(j * len(x0), (j + 1) * len(x0))
+                terms[a:a + len(x0), first + j + 1] = edge_bpd(
+                    sched, t, s, x0, x_t[j].double(), eps[sl], None if v is None else v[sl],
+                    variance=model.variance, t_above=int(sched_t[-2]) if s == 0 else None,
+                    num_bins=model.num_bins, clip_denoised=model.clip_denoised,
+                ).cpu().numpy()
             if bar is not None:
-                bar.update(len(x0))
+                bar.update(len(x0) * len(group))
     if bar is not None:
         bar.close()
     per_sample = terms.sum(axis=1)
