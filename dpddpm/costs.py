@@ -133,49 +133,14 @@ def cost_matrix(
                 decoder[:], decoder_se[:] = done.decoder, done.decoder_stderr
             row_list = [t for t in row_list if not have[t]]
     last_save = time.monotonic()
-
-    open_rows: dict[int, tuple[object, torch.Tensor]] = {}
     bar = _progress(progress, total=len(row_list) * N)
     try:
-        for batch in _pieces(row_list, N, int(batch_size)):
-            x_t_parts, t_parts = [], []
-            for t, a, b in batch:
-                if t not in open_rows:
-                    acc = DecoderRow(sched, model.variance, model.num_bins, device) if t == 1 else \
-                        KLRow(sched, t, model.variance, D, device)
-                    noise = torch.randn(N, D, generator=row_generator(seed, t, device), device=device,
-                                        dtype=torch.float64)
-                    open_rows[t] = (acc, noise)
-                noise = open_rows[t][1][a:b]
-                ab = float(sched.alpha_bar[t])
-                x_t_parts.append((math.sqrt(ab) * x0_all[a:b] + math.sqrt(1.0 - ab) * noise).float())
-                t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
-            x_t = torch.cat(x_t_parts)
-            with amp:
-                eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
-            eps = eps.reshape(x_t.shape[0], D).double()
-            v = None if v is None else v.reshape(x_t.shape[0], D).float()
-            offset = 0
-            for (t, a, b), xt in zip(batch, x_t_parts):
-                sl = slice(offset, offset + b - a)
-                offset += b - a
-                acc = open_rows[t][0]
-                x0 = x0_all[a:b]
-                x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
-                if t == 1:
-                    acc.add(x0, x0_hat, None if v is None else v[sl])
-                else:
-                    acc.add((x0 - x0_hat).pow(2), None if v is None else v[sl])
-                if b == N:  # the row is complete
-                    mean, se = acc.stats.result()
-                    if t == 1:
-                        decoder[2:], decoder_se[2:] = mean, se
-                    else:
-                        kl[t, 1:t], stderr[t, 1:t] = mean, se
-                    counts[t] = N
-                    del open_rows[t]
-            if bar is not None:
-                bar.update(x_t.shape[0])
+        for t, mean, se in _finished_rows(model, x0_all, row_list, int(batch_size), seed, amp, bar):
+            if t == 1:
+                decoder[2:], decoder_se[2:] = mean, se
+            else:
+                kl[t, 1:t], stderr[t, 1:t] = mean, se
+            counts[t] = N
             if checkpoint is not None and time.monotonic() - last_save >= save_every:
                 result().save(checkpoint)
                 last_save = time.monotonic()
@@ -190,6 +155,54 @@ def cost_matrix(
     if checkpoint is not None:
         costs.save(checkpoint)
     return costs
+
+
+def _finished_rows(
+    model: DDPM, x0_all: torch.Tensor, row_list: list[int], batch_size: int, seed: int, amp, bar
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Run the network over (row, data slice) pieces packed into batches; yield (t, mean, stderr) per row.
+
+    x0_all: (N, D) float64 data on the device. Row t = 1 yields the decoder vector over u = 2..T, other rows
+    yield L(t, s) for s = 1..t-1. A row's accumulator and noise live only until its last slice is done.
+    """
+    sched, device = model.schedule, x0_all.device
+    N, D = x0_all.shape
+    open_rows: dict[int, tuple[DecoderRow | KLRow, torch.Tensor]] = {}
+    for batch in _pieces(row_list, N, batch_size):
+        x_t_parts, t_parts = [], []
+        for t, a, b in batch:
+            if t not in open_rows:
+                acc = DecoderRow(sched, model.variance, model.num_bins, device) if t == 1 else \
+                    KLRow(sched, t, model.variance, D, device)
+                noise = torch.randn(N, D, generator=row_generator(seed, t, device), device=device,
+                                    dtype=torch.float64)
+                open_rows[t] = (acc, noise)
+            noise = open_rows[t][1][a:b]
+            ab = float(sched.alpha_bar[t])
+            x_t_parts.append((math.sqrt(ab) * x0_all[a:b] + math.sqrt(1.0 - ab) * noise).float())
+            t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
+        x_t = torch.cat(x_t_parts)
+        with amp:
+            eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
+        eps = eps.reshape(x_t.shape[0], D).double()
+        v = None if v is None else v.reshape(x_t.shape[0], D).float()
+        offset = 0
+        for (t, a, b), xt in zip(batch, x_t_parts):
+            sl = slice(offset, offset + b - a)
+            offset += b - a
+            acc = open_rows[t][0]
+            x0 = x0_all[a:b]
+            x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
+            v_sl = None if v is None else v[sl]
+            if t == 1:
+                acc.add(x0, x0_hat, v_sl)
+            else:
+                acc.add((x0 - x0_hat).pow(2), v_sl)
+            if b == N:  # the row is complete
+                del open_rows[t]
+                yield (t, *acc.stats.result())
+        if bar is not None:
+            bar.update(x_t.shape[0])
 
 
 def _autocast(kind: str | None, device: torch.device):
