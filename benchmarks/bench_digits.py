@@ -25,7 +25,7 @@ def network_only(model: dpddpm.DDPM, data: torch.Tensor, batch_size: int, device
     rows_per_call = max(1, batch_size // N)
     for top in range(T, 0, -rows_per_call):
         ts = torch.arange(top, max(top - rows_per_call, 0), -1, device=device)
-        ab = torch.as_tensor(model.schedule.alpha_bar, device=device)[ts].float().repeat_interleave(N)
+        ab = torch.tensor(model.schedule.alpha_bar, device=device)[ts].float().repeat_interleave(N)
         x = x0.repeat(len(ts), 1, 1, 1)
         x_t = ab.sqrt().view(-1, 1, 1, 1) * x + (1 - ab).sqrt().view(-1, 1, 1, 1) * torch.randn_like(x)
         model.predict(x_t, ts.repeat_interleave(N))
