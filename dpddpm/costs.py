@@ -85,7 +85,8 @@ def cost_matrix(
         resume: continue from an existing ``checkpoint``: its rows are kept and only the missing ones are
             computed. Noise is seeded per row, so the result equals an uninterrupted run.
         save_every: seconds between checkpoint writes.
-        autocast: ``"bf16"`` or ``"fp16"`` to run the network under CUDA autocast (costs stay float64).
+        autocast: ``"bf16"`` (CUDA or CPU) or ``"fp16"`` (CUDA) to run the network under autocast; the
+            costs are still computed in float64 from its output.
     Returns:
         a :class:`CostMatrix` of float64 bits/dim with standard errors and per-row sample counts.
     """
@@ -206,15 +207,18 @@ def _finished_rows(
 
 
 def _autocast(kind: str | None, device: torch.device):
-    """A CUDA autocast context for ``"bf16"``/``"fp16"``, or a no-op for None."""
+    """An autocast context for the network call (``"bf16"``/``"fp16"``), or a no-op for None.
+
+    Works on CUDA and, for bf16, on the CPU (useful to test the effect of reduced precision anywhere).
+    """
     if kind is None:
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if kind not in dtypes:
         raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {kind!r}")
-    if device.type != "cuda":
-        raise ValueError(f"autocast={kind!r} is only supported on CUDA devices, not {device.type}")
-    return torch.autocast(device_type="cuda", dtype=dtypes[kind])
+    if device.type != "cuda" and kind != "bf16":
+        raise ValueError(f"autocast={kind!r} needs a CUDA device (on {device.type} use 'bf16'), got {device}")
+    return torch.autocast(device_type=device.type, dtype=dtypes[kind])
 
 
 def _progress(enabled: bool, total: int):
