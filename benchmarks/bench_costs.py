@@ -105,7 +105,7 @@ def main() -> None:
         "images_per_s_network": total / net_s,
         "finite": bool(np.isfinite(costs.kl[rows[-1], 1:rows[-1]]).all()),
     }
-    write("bench_costs", device, result)
+    write("bench_costs" + (f"_{args.autocast}" if args.autocast else ""), device, result)
 
 
 if __name__ == "__main__":
