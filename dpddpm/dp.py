@@ -142,7 +142,9 @@ def _sweep_torch(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device
     Wd = torch.as_tensor(W, device=device)
     vals = torch.as_tensor(values, device=device)
     ptrs = torch.zeros(values.shape, dtype=torch.int32, device=device)
-    block = 1024  # large blocks: an accelerator prefers few big reductions
+    # One reduction over all rows per k: a handful of kernel launches per k, instead of one set per row block
+    # (on a GPU launch overhead would dominate: ~5 launches x K_max beats the triangle's saved memory traffic).
+    block = T + 1
     for k in range(3, K_max + 1):
         prev = vals[k - 1]
         for a in range(k, T + 1, block):
