@@ -1,7 +1,6 @@
 """The optimizer: brute force on small T, properties against the strides, and the paper's baselines."""
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -92,13 +91,11 @@ def test_partial_matrix_is_refused():
 def test_large_T_runs_and_uses_compact_pointers():
     T = 1000
     costs = random_costs(T, 1)
-    t0 = time.perf_counter()
     best = dpddpm.optimal_schedules(costs, 64)
     assert best.pointers.dtype == np.int16
     assert best.values.shape == (65, T + 1)
     sched = best.schedule(64)
     assert best.bpd(64) == pytest.approx(dpddpm.schedule_bpd(costs, sched), rel=1e-12)
-    assert time.perf_counter() - t0 < 60  # a sanity bound, not a benchmark (see benchmarks/)
 
 
 @pytest.mark.parametrize("T,K", [(4000, 10), (4000, 100), (1000, 250), (10, 10), (7, 2)])

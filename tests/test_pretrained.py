@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -60,10 +59,7 @@ def test_full_chain_elbo_matches_model_card(models, name):
 def test_dp_is_not_worse_than_even_stride(models):
     """On held-out data the DP schedule (from a small selection-split matrix) is not worse than the even stride."""
     model = models["digits-hybrid"]
-    t0 = time.time()
     costs = dpddpm.cost_matrix(model, digits_split("selection")[:16], batch_size=4096, seed=0, progress=False)
-    elapsed = time.time() - t0
-    assert elapsed < 60, f"cost matrix on 16 images took {elapsed:.1f} s"
     best = dpddpm.optimal_schedules(costs, 32)
     test = digits_split("test")[:150]
     for K in (8, 16, 32):
