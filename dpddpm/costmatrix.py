@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .files import atomic_write, npz_path
 
 FORMAT_VERSION = 1
 
@@ -116,27 +117,12 @@ class CostMatrix:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.npz`` file atomically (a temp file in the same folder, then a rename)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"kl": self.kl, "decoder": self.decoder, "prior": self.prior, "counts": self.counts}
         for name in ("stderr", "decoder_stderr", "prior_stderr"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         meta = dict(self.meta, format_version=FORMAT_VERSION)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(npz_path(path), lambda fh: np.savez(fh, meta=np.array(json.dumps(meta)), **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: dict[str, Any] | None = None) -> "CostMatrix":
@@ -185,7 +171,7 @@ class CostMatrix:
                 raise ValueError(f"cannot merge cost matrices with different T ({T} and {p.T})")
             if (p.counts < 0).any() and len(parts) > 1:
                 raise ValueError("cannot merge a cost matrix without sample counts")
-        out = {k: _Pool(T) for k in ("kl", "decoder")}
+        out = {k: _Pool() for k in ("kl", "decoder")}
         for p in parts:
             out["kl"].add(p.kl, p.stderr, p.counts[:, None] * _triangle(T))
             out["decoder"].add(p.decoder[None, :], p.decoder_stderr[None, :] if p.decoder_stderr is not None
@@ -199,7 +185,7 @@ class CostMatrix:
         if same_data:
             prior, prior_se = parts[0].prior, parts[0].prior_stderr
         else:
-            pool = _Pool(T)
+            pool = _Pool()
             for p in parts:
                 n_data = float(p.meta.get("N", max(p.counts.max(), 1)))
                 pool.add(p.prior, p.prior_stderr, np.full(T + 1, n_data))
@@ -218,7 +204,7 @@ class CostMatrix:
 class _Pool:
     """Pools (count, mean, stderr) arrays elementwise with Chan et al.'s parallel variance formula."""
 
-    def __init__(self, T: int) -> None:
+    def __init__(self) -> None:
         self.n = None
         self.mean = None
         self.m2 = None

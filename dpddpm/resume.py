@@ -13,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .costmatrix import CostMatrix
+from .files import npz_path
 
 #: metadata that must agree between a checkpoint and the run that resumes it
 RESUME_KEYS = ("T", "variance", "num_bins", "clip_denoised", "seed", "N")
-
-
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """The file :meth:`CostMatrix.save` actually writes for ``path`` (it appends ``.npz`` when missing)."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-    return path
 
 
 def open_checkpoint(path: str | os.PathLike, resume: bool, meta: dict[str, Any]) -> CostMatrix | None:
@@ -37,7 +30,7 @@ def open_checkpoint(path: str | os.PathLike, resume: bool, meta: dict[str, Any])
         FileExistsError: the file exists but ``resume`` is False (nothing is overwritten silently).
         ValueError: the file belongs to another run (its metadata differ).
     """
-    path = checkpoint_path(path)
+    path = npz_path(path)
     if not path.exists():
         return None
     if not resume:

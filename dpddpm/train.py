@@ -16,8 +16,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 
 from .digits import DATA_SHAPE, NUM_BINS, SPLIT_SEED, SPLIT_SIZES, categorical_baseline_bpd, digits_split
 from .evaluate import elbo
+from .files import atomic_write
 from .model import DDPM
 from .nets import DigitsNet, count_parameters
 from .schedule import NoiseSchedule
@@ -169,19 +168,6 @@ class QuickELBO:
         return {k: self.prior + float(v) / self.N for k, v in totals.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; weights are package data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None, final_eval: bool = True,
           eval_data: str = "test", progress: bool = True) -> dict:
     """Train one model, keep the best EMA checkpoint on the selection split, write weights and card.
@@ -303,8 +289,8 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
     card["total_time_s"] = round(time.time() - start, 1)
     out = Path(out)
     state = {k: v.detach().float().cpu().contiguous() for k, v in ema.state_dict().items()}
-    _atomic_write(out / f"{recipe.name}.pt", lambda p: torch.save(state, p))
-    _atomic_write(out / f"{recipe.name}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(out / f"{recipe.name}.pt", lambda fh: torch.save(state, fh))
+    atomic_write(out / f"{recipe.name}.json", lambda fh: fh.write((json.dumps(card, indent=2) + "\n").encode()))
     return card
 
 
