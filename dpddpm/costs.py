@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .costmatrix import CostMatrix
-from .model import DDPM
+from .model import DDPM, resolve_device
 from .rowcosts import DecoderRow, KLRow
 from .terms import predict_x0, prior_bpd
 from .validation import check_data
@@ -47,11 +47,6 @@ def _pieces(rows: list[int], n: int, batch_size: int) -> Iterator[list[tuple[int
                 batch, room = [], batch_size
     if batch:
         yield batch
-
-
-def _model_device(model: DDPM) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -97,7 +92,7 @@ def cost_matrix(
     row_list = list(range(T, 0, -1)) if rows is None else sorted({int(t) for t in rows}, reverse=True)
     if any(t < 1 or t > T for t in row_list):
         raise ValueError(f"rows must lie in 1..T = {T}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     amp = _autocast(autocast, device)
     model = model.to(device)
     sched = model.schedule

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .costs import _model_device
-from .model import DDPM
+from .model import DDPM, resolve_device
 from .terms import edge_bpd, prior_bpd
 from .validation import check_data, check_schedule
 
@@ -59,7 +58,7 @@ def elbo(
     data = check_data(data, model.data_shape, model.num_bins)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     model = model.to(device)
     sched = model.schedule
     gen = torch.Generator(device=device)

@@ -112,3 +112,11 @@ class DDPM(nn.Module):
             f"T={self.T}, variance={self.variance!r}, data_shape={self.data_shape}, "
             f"num_bins={self.num_bins}, clip_denoised={self.clip_denoised}"
         )
+
+
+def resolve_device(model: DDPM, device: str | torch.device | None) -> torch.device:
+    """The device to run on: ``device`` if given, else where the model's parameters are (CPU if it has none)."""
+    if device is not None:
+        return torch.device(device)
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -20,10 +20,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .costs import _model_device, cost_matrix
+from .costs import cost_matrix
 from .dp import optimal_schedules, schedule_bpd, schedule_stderr
 from .evaluate import elbo
-from .model import DDPM
+from .model import DDPM, resolve_device
 from .strides import even_schedule, quadratic_schedule
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256)
@@ -105,7 +105,7 @@ def reproduce(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     model = model.to(device)
     T = model.T
     Ks = budgets(T, steps)

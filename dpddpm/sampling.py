@@ -9,8 +9,7 @@ import math
 
 import torch
 
-from .costs import _model_device
-from .model import DDPM
+from .model import DDPM, resolve_device
 from .terms import jump_log_variance, predict_x0
 from .validation import check_schedule
 
@@ -55,7 +54,7 @@ def _run(model: DDPM, schedule, n: int, generator, device, *, ddim: bool) -> tor
     times = check_schedule(schedule, model.T)
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(model, device)
     model = model.to(device)
     sched = model.schedule
     x = _noise((int(n), *model.data_shape), generator, device)
