@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .costmatrix import CostMatrix
+from .costmatrix import CostMatrix, valid_edges
 from .validation import check_budget, check_schedule
 
 ROW_BLOCK = 32  # rows per reduction on the CPU: keeps the temporary (block x T) in cache
@@ -103,7 +103,8 @@ def optimal_schedules(
     T = costs.T
     K_max = check_budget(max_steps, T)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    W = np.nan_to_num(costs.kl, nan=np.inf)
+    # Only edges 1 <= s < t exist: whatever the matrix holds elsewhere, the sweep sees +inf there.
+    W = np.where(valid_edges(T), np.nan_to_num(costs.kl, nan=np.inf), np.inf)
     idx_dtype = np.int16 if T < 2**15 else np.int32
     values = np.full((K_max + 1, T + 1), np.inf)
     pointers = np.zeros((K_max + 1, T + 1), dtype=idx_dtype)
@@ -158,18 +159,13 @@ def _sweep_torch(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device
 
 def schedule_bpd(costs: CostMatrix, schedule) -> float:
     """ELBO (bits/dim) of any schedule t_K > ... > t_1 = 1 from the matrix:
-    prior[t_K] + sum L(t_i, t_{i-1}) + decoder[t_2]."""
+    prior[t_K] + sum L(t_i, t_{i-1}) + decoder[t_2].
+
+    Its standard error is not a function of the matrix: every edge is averaged over the same images, so the
+    edges' errors are correlated. :func:`dpddpm.in_sample_elbo` re-evaluates the schedule image by image and
+    gives the right one.
+    """
     return float(schedule_terms(costs, schedule).sum())
-
-
-def schedule_stderr(costs: CostMatrix, schedule) -> float:
-    """Standard error of :func:`schedule_bpd`: rows are independent, so variances add."""
-    sched = check_schedule(schedule, costs.T)
-    if costs.stderr is None or costs.decoder_stderr is None:
-        raise ValueError("this cost matrix carries no standard errors")
-    # every KL edge t_i -> t_{i-1} (t_2 -> 1 included) plus the decoder edge attached to t_2
-    var = np.sum(costs.stderr[sched[:-1], sched[1:]] ** 2) + costs.decoder_stderr[sched[-2]] ** 2
-    return float(np.sqrt(var))
 
 
 def schedule_terms(costs: CostMatrix, schedule) -> np.ndarray:
