@@ -1,4 +1,10 @@
-"""The optimizer: brute force on small T, properties against the strides, and the paper's baselines."""
+"""The optimizer: brute force on small T, and properties against the strides (which live in test_strides.py).
+
+Costs from different code paths (the DP's running sums, schedule_bpd's np.sum, torch vs numpy) are summed in
+different orders, so they are compared to a relative tolerance, never bit for bit.
+"""
+
+from __future__ import annotations
 
 import itertools
 
@@ -7,8 +13,16 @@ import pytest
 
 import dpddpm
 
+REL = 1e-10  # sums of <= ~100 terms in another order differ by ~1e-14 relative; a wrong path by far more
+
+
+def assert_at_most(a: float, b: float, rel: float = REL) -> None:
+    """a <= b up to round-off relative to their size."""
+    assert a <= b + rel * max(1.0, abs(a), abs(b)), (a, b)
+
 
 def random_costs(T: int, seed: int) -> dpddpm.CostMatrix:
+    """Positive random costs on the valid triangle (T+1, T+1), NaN elsewhere; rows scaled by 0.01, 1 or 10."""
     rng = np.random.default_rng(seed)
     kl = np.full((T + 1, T + 1), np.nan)
     for t in range(2, T + 1):
@@ -19,6 +33,7 @@ def random_costs(T: int, seed: int) -> dpddpm.CostMatrix:
 
 
 def brute_force(costs: dpddpm.CostMatrix, K: int, start: str) -> float:
+    """The lowest ELBO over every K-step schedule (start at T, or anywhere with start="free")."""
     T = costs.T
     best = np.inf
     tops = [T] if start == "T" else range(K, T + 1)
@@ -30,7 +45,7 @@ def brute_force(costs: dpddpm.CostMatrix, K: int, start: str) -> float:
 
 @pytest.mark.parametrize("T", [2, 3, 5, 8, 12])
 @pytest.mark.parametrize("start", ["T", "free"])
-def test_dp_equals_brute_force(T, start):
+def test_dp_equals_brute_force(T: int, start: str) -> None:
     for seed in range(3):
         costs = random_costs(T, seed)
         best = dpddpm.optimal_schedules(costs, T, start=start)
@@ -39,22 +54,26 @@ def test_dp_equals_brute_force(T, start):
             assert len(sched) == K and sched[-1] == 1 and np.all(np.diff(sched) < 0)
             if start == "T":
                 assert sched[0] == T
-            assert best.bpd(K) == pytest.approx(dpddpm.schedule_bpd(costs, sched), rel=1e-12)
-            assert best.bpd(K) == pytest.approx(brute_force(costs, K, start), rel=1e-12)
+            assert best.bpd(K) == pytest.approx(dpddpm.schedule_bpd(costs, sched), rel=REL)
+            assert best.bpd(K) == pytest.approx(brute_force(costs, K, start), rel=REL)
 
 
-def test_never_worse_than_the_strides():
+def test_never_worse_than_the_strides() -> None:
     T = 300
     costs = random_costs(T, 7)
     best = dpddpm.optimal_schedules(costs, 64)
     free = dpddpm.optimal_schedules(costs, 64, start="free")
     for K in range(2, 65):
         for stride in (dpddpm.even_schedule(T, K), dpddpm.quadratic_schedule(T, K)):
-            assert best.bpd(K) <= dpddpm.schedule_bpd(costs, stride) + 1e-12
-        assert free.bpd(K) <= best.bpd(K) + 1e-12
+            assert_at_most(best.bpd(K), dpddpm.schedule_bpd(costs, stride))
+        assert_at_most(free.bpd(K), best.bpd(K))
+        # DDIM's strides start below T: only the free start competes with them, at their number of times
+        for stride in (dpddpm.ddim_schedule(T, K, "quad"), dpddpm.ddim_schedule(T, K, "uniform")):
+            if len(stride) <= 64:
+                assert_at_most(free.bpd(len(stride)), dpddpm.schedule_bpd(costs, stride))
 
 
-def test_more_steps_never_hurt_when_costs_obey_the_triangle_inequality():
+def test_more_steps_never_hurt_when_costs_obey_the_triangle_inequality() -> None:
     """With sub-additive costs (a longer jump costs at least the two shorter ones), extra steps help."""
     T = 40
     t = np.arange(T + 1)
@@ -63,10 +82,11 @@ def test_more_steps_never_hurt_when_costs_obey_the_triangle_inequality():
     costs = dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan,
                               np.zeros(T)])
     bpd = dpddpm.optimal_schedules(costs, T).bpd_all()
-    assert np.all(np.diff(bpd) <= 1e-12)
+    for more, fewer in zip(bpd[1:], bpd[:-1]):
+        assert_at_most(more, fewer)
 
 
-def test_budget_errors():
+def test_budget_errors() -> None:
     costs = random_costs(6, 0)
     best = dpddpm.optimal_schedules(costs, 4)
     with pytest.raises(ValueError, match="K"):
@@ -79,7 +99,7 @@ def test_budget_errors():
         dpddpm.optimal_schedules(costs, 3, start="middle")
 
 
-def test_partial_matrix_is_refused():
+def test_partial_matrix_is_refused() -> None:
     costs = random_costs(6, 0)
     counts = np.r_[0, np.ones(6, int)]
     counts[4] = 0
@@ -88,69 +108,49 @@ def test_partial_matrix_is_refused():
         dpddpm.optimal_schedules(partial, 3)
 
 
-def test_large_T_runs_and_uses_compact_pointers():
+def test_large_T_runs_and_uses_compact_pointers() -> None:
     T = 1000
     costs = random_costs(T, 1)
     best = dpddpm.optimal_schedules(costs, 64)
     assert best.pointers.dtype == np.int16
     assert best.values.shape == (65, T + 1)
     sched = best.schedule(64)
-    assert best.bpd(64) == pytest.approx(dpddpm.schedule_bpd(costs, sched), rel=1e-12)
+    assert best.bpd(64) == pytest.approx(dpddpm.schedule_bpd(costs, sched), rel=REL)
 
 
-@pytest.mark.parametrize("T,K", [(4000, 10), (4000, 100), (1000, 250), (10, 10), (7, 2)])
-def test_even_stride_matches_improved_diffusion(T, K):
-    """space_timesteps(T, [K]): frac_stride = (T-1)/(K-1), cur accumulated, round() -- written out here."""
-    frac, cur, taken = (T - 1) / (K - 1), 0.0, set()
-    for _ in range(K):
-        taken.add(round(cur))
-        cur += frac
-    expected = np.array(sorted(taken, reverse=True)) + 1
-    np.testing.assert_array_equal(dpddpm.even_schedule(T, K), expected)
+def test_accelerator_sweep_agrees_with_the_cpu_sweep() -> None:
+    """The torch sweep (used on CUDA) run on the CPU gives the numpy sweep's values, and arg-min pointers.
 
+    Pointers may differ where two predecessors tie (the libraries' reductions break ties their own way), so
+    each path's pointers are checked to reach its minimum rather than compared with each other.
+    """
+    import torch
 
-@pytest.mark.parametrize("fn", [dpddpm.even_schedule, dpddpm.quadratic_schedule])
-def test_strides_have_exactly_K_distinct_steps(fn):
-    for T in (2, 3, 17, 100, 4000):
-        for K in sorted(k for k in {2, 3, T // 2 + 1, T - 1, T} if 2 <= k <= T):
-            s = fn(T, K)
-            assert len(s) == K and s[0] == T and s[-1] == 1 and np.all(np.diff(s) < 0)
-    with pytest.raises(ValueError):
-        fn(10, 11)
-    with pytest.raises(ValueError):
-        fn(10, 1)
-
-
-def test_quadratic_stride_is_quadratic():
-    s = dpddpm.quadratic_schedule(4000, 11)[::-1]
-    np.testing.assert_array_equal(s, 1 + np.round(3999 * (np.arange(11) / 10) ** 2))
-
-
-def test_accelerator_sweep_agrees_with_the_cpu_sweep():
-    """The torch sweep (used on CUDA) run on the CPU gives the same values and pointers as numpy's."""
     from dpddpm.dp import _sweep_numpy, _sweep_torch
 
-    costs = random_costs(60, 3)
+    T, K_max = 60, 20
+    costs = random_costs(T, 3)
     W = np.nan_to_num(costs.kl, nan=np.inf)
     out = []
     for sweep in (_sweep_numpy, _sweep_torch):
-        values = np.full((21, 61), np.inf)
-        pointers = np.zeros((21, 61), dtype=np.int16)
+        values = np.full((K_max + 1, T + 1), np.inf)
+        pointers = np.zeros((K_max + 1, T + 1), dtype=np.int16)
         values[2, 2:] = W[2:, 1] + costs.decoder[2:]
         pointers[2, 2:] = 1
-        sweep(W, values, pointers, __import__("torch").device("cpu"))
-        out.append((values, pointers))
-    np.testing.assert_array_equal(out[0][0], out[1][0])
-    np.testing.assert_array_equal(out[0][1], out[1][1])
+        sweep(W, values, pointers, torch.device("cpu"))
+        assert_pointers_reach_the_minimum(W, values, pointers)
+        out.append(values)
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-12)  # inf where impossible, in both
 
 
-def test_schedule_stderr_adds_every_edge():
-    T = 4
-    kl = np.full((T + 1, T + 1), np.nan)
-    kl[np.tril_indices(T + 1, -1)] = 1.0
-    kl[:, 0] = np.nan
-    se = np.where(np.isnan(kl), np.nan, 1.0)
-    costs = dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan, np.ones(T)],
-                              stderr=se, decoder_stderr=np.r_[np.nan, np.nan, np.ones(T - 1)])
-    assert dpddpm.schedule_stderr(costs, [4, 1]) == pytest.approx(np.sqrt(2))  # L(4, 1) and decoder[4]
-    assert dpddpm.schedule_stderr(costs, [4, 2, 1]) == pytest.approx(np.sqrt(3))
+def assert_pointers_reach_the_minimum(W: np.ndarray, values: np.ndarray, pointers: np.ndarray) -> None:
+    """For k >= 3 and t >= k: W[t, p] + values[k-1, p] == values[k, t] at p = pointers[k, t], with 1 < p < t.
+
+    W: (T+1, T+1) edge costs; values, pointers: (K_max+1, T+1) as the sweeps fill them.
+    """
+    K_max, T = values.shape[0] - 1, values.shape[1] - 1
+    for k in range(3, K_max + 1):
+        t = np.arange(k, T + 1)
+        p = pointers[k, t].astype(np.int64)
+        assert np.all((p > 1) & (p < t))
+        np.testing.assert_allclose(W[t, p] + values[k - 1, p], values[k, t], rtol=1e-12)
