@@ -13,12 +13,14 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .costmatrix import CostMatrix
+from .files import claim_output, npz_path, sigterm_raises
+from .fingerprint import data_fingerprint, model_fingerprint
 from .model import DDPM, resolve_device
 from .rowcosts import DecoderRow, KLRow
 from .terms import predict_x0, prior_bpd
@@ -112,45 +114,76 @@ def cost_matrix(
                                if N > 1 else np.full(T, np.nan)])
     del prior_samples
     meta = {"T": T, "variance": model.variance, "num_bins": model.num_bins,
-            "clip_denoised": model.clip_denoised, "seed": int(seed), "N": int(N)}
+            "clip_denoised": model.clip_denoised, "seed": int(seed), "N": int(N),
+            "data_fingerprint": data_fingerprint(data, model.num_bins), "weights_fingerprint": model_fingerprint(model),
+            "autocast": autocast, "noise_device": device.type}
 
     def result() -> CostMatrix:
         return CostMatrix(kl=kl, decoder=decoder, prior=prior, stderr=stderr, decoder_stderr=decoder_se,
                           prior_stderr=prior_se, counts=counts, meta=meta)
 
-    if checkpoint is not None:
-        from .resume import open_checkpoint
+    if checkpoint is None:
+        _fill(model, x0_all, row_list, int(batch_size), seed, amp, progress, kl, stderr, decoder, decoder_se, counts)
+        return result()
 
-        done = open_checkpoint(checkpoint, resume, meta)
+    from .resume import open_checkpoint
+
+    path = npz_path(checkpoint)
+    if path.is_dir():
+        raise IsADirectoryError(f"the output {path} is a folder; give a file name, e.g. {path / 'costs.npz'}")
+    # The claim makes a second run on the same file fail at once instead of both writing it; SIGTERM raises
+    # like Ctrl-C so that finished rows are saved either way.
+    with claim_output(path), sigterm_raises():
+        done = open_checkpoint(path, resume, meta)
         if done is not None:  # copy the finished rows and skip them
             have = done.rows_done
             kl[have], stderr[have], counts[have] = done.kl[have], done.stderr[have], done.counts[have]
             if have[1]:
                 decoder[:], decoder_se[:] = done.decoder, done.decoder_stderr
             row_list = [t for t in row_list if not have[t]]
-    last_save = time.monotonic()
+        saver = _Saver(lambda: result().save(path), save_every)
+        try:
+            _fill(model, x0_all, row_list, int(batch_size), seed, amp, progress, kl, stderr, decoder, decoder_se,
+                  counts, on_row=saver.maybe_save)
+        except BaseException:  # an interruption (Ctrl-C, SIGTERM, error): keep every finished row, then re-raise
+            if counts[1:].any():
+                result().save(path)
+            raise
+        costs = result()
+        costs.save(path)
+    return costs
+
+
+class _Saver:
+    """Calls ``save()`` when at least ``every`` seconds have passed since the last call (or the start)."""
+
+    def __init__(self, save: Callable[[], object], every: float) -> None:
+        self.save, self.every, self.last = save, float(every), time.monotonic()
+
+    def maybe_save(self) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.save()
+            self.last = time.monotonic()
+
+
+def _fill(model: DDPM, x0_all: torch.Tensor, row_list: list[int], batch_size: int, seed: int, amp, progress: bool,
+          kl: np.ndarray, stderr: np.ndarray, decoder: np.ndarray, decoder_se: np.ndarray, counts: np.ndarray,
+          on_row: Callable[[], None] | None = None) -> None:
+    """Compute the rows in ``row_list`` into the arrays (in place), calling ``on_row()`` after each row."""
+    N = x0_all.shape[0]
     bar = _progress(progress, total=len(row_list) * N)
     try:
-        for t, mean, se in _finished_rows(model, x0_all, row_list, int(batch_size), seed, amp, bar):
+        for t, mean, se in _finished_rows(model, x0_all, row_list, batch_size, seed, amp, bar):
             if t == 1:
                 decoder[2:], decoder_se[2:] = mean, se
             else:
                 kl[t, 1:t], stderr[t, 1:t] = mean, se
             counts[t] = N
-            if checkpoint is not None and time.monotonic() - last_save >= save_every:
-                result().save(checkpoint)
-                last_save = time.monotonic()
-    except BaseException:  # an interruption: keep every finished row, then re-raise
-        if checkpoint is not None and counts[1:].any():
-            result().save(checkpoint)
-        raise
+            if on_row is not None:
+                on_row()
     finally:
         if bar is not None:
             bar.close()
-    costs = result()
-    if checkpoint is not None:
-        costs.save(checkpoint)
-    return costs
 
 
 def _finished_rows(

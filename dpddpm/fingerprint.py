@@ -1,0 +1,39 @@
+"""Short content hashes of data and weights, recorded in cost-matrix files.
+
+A resume or a merge must never mix rows computed on other images or by another network, even when T, the
+variance kind and the number of images agree. Both hashes are taken over exact integers or exact bytes, so
+they do not depend on the device, the thread count or the CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from .model import DDPM
+
+DIGEST_CHARS = 16  # 64 bits: collisions are out of reach for the handful of files a user compares
+
+
+def data_fingerprint(data: torch.Tensor, num_bins: int) -> str:
+    """Hash of data (N, ...) in [-1, 1] on the ``num_bins`` grid, taken over the integer levels and the shape.
+
+    Float32 and float64 copies of the same images give the same fingerprint.
+    """
+    levels = torch.round((data.detach().cpu().double() + 1.0) * ((num_bins - 1) / 2.0))
+    h = hashlib.sha256(repr((tuple(data.shape), int(num_bins))).encode())
+    h.update(levels.to(torch.int32).numpy().tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def model_fingerprint(model: DDPM) -> str:
+    """Hash of the network's parameters and buffers (names, shapes, dtypes and bytes) and of its schedule."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.net.state_dict().items()):
+        arr = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(arr.shape)}:{arr.dtype}".encode())
+        h.update(arr.view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
+    h.update(np.ascontiguousarray(model.schedule.alpha_bar, dtype=np.float64).tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
