@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -40,8 +41,16 @@ def check_schedule(schedule: Sequence[int] | np.ndarray | torch.Tensor, T: int) 
     return arr
 
 
+GRID_TOLERANCE = 1e-3  # in units of one level: float32 images sit within ~1e-5 of their level
+
+
 def check_data(data: torch.Tensor, data_shape: Sequence[int], num_bins: int) -> torch.Tensor:
-    """Data must be a tensor of shape (N, *data_shape) with values in [-1, 1]."""
+    """Data must be a tensor of shape (N, *data_shape) with values on the ``num_bins`` levels of [-1, 1].
+
+    The levels are -1 + 2 k / (num_bins - 1), k = 0 .. num_bins - 1. Data off that grid (e.g. images scaled to
+    [0, 1] or dequantized) give a wrong decoder term without any other sign, so they are refused; data that
+    never go below 0 are probably in [0, 1] and draw a warning.
+    """
     if not isinstance(data, torch.Tensor):
         data = torch.as_tensor(np.asarray(data))
     if tuple(data.shape[1:]) != tuple(data_shape) or data.ndim != len(data_shape) + 1:
@@ -57,6 +66,17 @@ def check_data(data: torch.Tensor, data_shape: Sequence[int], num_bins: int) -> 
         raise ValueError(
             f"data must be scaled to [-1, 1] ({num_bins} levels), got values in [{lo:.4g}, {hi:.4g}]"
         )
+    levels = (data.detach().double() + 1.0) * ((num_bins - 1) / 2.0)
+    off = float((levels - levels.round()).abs().max())
+    if off > GRID_TOLERANCE:
+        raise ValueError(
+            f"data are not on the model's grid of {num_bins} levels in [-1, 1] (-1 + 2k/{num_bins - 1}): a value lies "
+            f"{off:.3g} of a level away from the nearest one; 8-bit images must be scaled as x / 127.5 - 1"
+            + (", and 17-level digits as x / 8 - 1" if num_bins == 17 else "")
+        )
+    if lo >= 0 and data.numel() > 1:
+        warnings.warn(f"no data value lies below 0 (range [{lo:.4g}, {hi:.4g}]): are the data scaled to [0, 1] "
+                      f"instead of [-1, 1]?", UserWarning, stacklevel=3)
     return data
 
 

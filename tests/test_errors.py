@@ -43,7 +43,8 @@ class NaNNet(nn.Module):
 
 
 def test_nan_model_output_is_reported():
-    model = dpddpm.DDPM(NaNNet(), dpddpm.NoiseSchedule.cosine(6), "learned_range", data_shape=(1, 4, 4))
+    model = dpddpm.DDPM(NaNNet(), dpddpm.NoiseSchedule.cosine(6), "learned_range", data_shape=(1, 4, 4),
+                        num_bins=17)
     with pytest.raises(FloatingPointError, match="model output"):
         dpddpm.cost_matrix(model, discrete_data(3), progress=False)
 
@@ -94,3 +95,43 @@ def test_edge_arguments():
         dpddpm.edge_bpd(sched, 3, 0, x, x, x, variance="fixed_small")
     with pytest.raises(ValueError, match="needs the network's variance"):
         dpddpm.edge_bpd(sched, 3, 1, x, x, x, variance="learned_range")
+
+
+def test_data_off_the_model_grid_is_refused():
+    """Digits scaled to [0, 1] (53.6 instead of 22.6 bits/dim before this check) and binary 0/1 images for an
+    8-bit model are refused before any network call; data that never go below 0 draw a warning."""
+    model = dpddpm.load_pretrained("digits-hybrid")
+    digits = dpddpm.digits_split("test")[:4]
+    with pytest.raises(ValueError, match="grid of 17 levels"):
+        dpddpm.elbo(model, (digits + 1) / 2, [4000, 1])
+    eight_bit = tiny_model(T=6, num_bins=256)
+    binary = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).double()
+    with pytest.raises(ValueError, match="grid of 256 levels"):
+        dpddpm.cost_matrix(eight_bit, binary, progress=False)
+    with pytest.warns(UserWarning, match=r"\[0, 1\]"):
+        dpddpm.elbo(tiny_model(T=6), binary, [6, 1])  # 0 and 1 are levels 8 and 16 of 17: allowed, but suspect
+    dpddpm.elbo(eight_bit, torch.arange(256.0).reshape(16, 1, 4, 4) / 127.5 - 1, [6, 1])  # float32 rounding is fine
+
+
+def _part(model, data, rows, seed=0):
+    return dpddpm.cost_matrix(model, data, progress=False, rows=rows, seed=seed)
+
+
+def test_merge_refuses_double_counting_mixing_and_other_models():
+    model, data = tiny_model(T=6), discrete_data(5)
+    a, b = _part(model, data, [1, 2, 3]), _part(model, data, [4, 5, 6])
+    assert dpddpm.CostMatrix.merge([a, b]).is_complete
+    with pytest.raises(ValueError, match="count those samples twice"):
+        dpddpm.CostMatrix.merge([a, a])
+    with pytest.raises(ValueError, match="count those samples twice"):
+        dpddpm.CostMatrix.merge([a, _part(model, data, [3, 4, 5, 6], seed=1)])
+    other_rows = _part(model, discrete_data(5, seed=8), [4, 5, 6])
+    with pytest.raises(ValueError, match="different data but cover different rows"):
+        dpddpm.CostMatrix.merge([a, other_rows])
+    other = tiny_model(T=6)
+    with torch.no_grad():
+        next(other.net.parameters()).mul_(2.0)
+    with pytest.raises(ValueError, match="weights_fingerprint"):
+        dpddpm.CostMatrix.merge([a, _part(other, data, [4, 5, 6])])
+    with pytest.raises(ValueError, match="variance"):
+        dpddpm.CostMatrix.merge([a, _part(tiny_model(T=6, variance="fixed_small"), data, [4, 5, 6])])

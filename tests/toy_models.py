@@ -28,11 +28,24 @@ class GaussianEps(nn.Module):
         return eps.float()
 
 
+#: a fine grid for the Gaussian model's data: quantization changes its variance by ~1e-6 relative only
+GAUSSIAN_BINS = 4097
+
+
 def gaussian_model(T: int = 30, mu: float = 0.1, s: float = 0.2, dims: int = 4, variance: str = "fixed_small"):
     sched = dpddpm.NoiseSchedule.cosine(T)
     net = GaussianEps(sched, mu, s)
-    model = dpddpm.DDPM(net, sched, variance, time_input=lambda t: t, data_shape=(dims,), clip_denoised=False)
+    model = dpddpm.DDPM(net, sched, variance, time_input=lambda t: t, data_shape=(dims,), clip_denoised=False,
+                        num_bins=GAUSSIAN_BINS)
     return model
+
+
+def gaussian_data(n: int, mu: float, s: float, dims: int = 4, seed: int = 1) -> torch.Tensor:
+    """n draws of N(mu, s^2 I), clamped to [-1, 1] and rounded to the Gaussian model's grid."""
+    g = torch.Generator().manual_seed(seed)
+    x = (mu + s * torch.randn(n, dims, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    half = (GAUSSIAN_BINS - 1) / 2
+    return torch.round((x + 1) * half) / half - 1
 
 
 def gaussian_posterior_var(sched: dpddpm.NoiseSchedule, t: int, s: float) -> float:
