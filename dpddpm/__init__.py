@@ -5,8 +5,8 @@ from .costs import cost_matrix
 from .datasets import load_images
 from .digits import digits_split
 from .diffusers_export import diffusers_scheduler_config, to_diffusers_timesteps
-from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_stderr, schedule_terms
-from .evaluate import ELBOEstimate, elbo
+from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_terms
+from .evaluate import ELBOEstimate, elbo, in_sample_elbo
 from .loaders import (
     PRESETS as IMPROVED_DIFFUSION_PRESETS,
     CheckpointMismatchError,
@@ -19,7 +19,7 @@ from .pretrained import PRETRAINED, load_pretrained, model_card
 from .reproduce import reproduce
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
-from .strides import even_schedule, quadratic_schedule
+from .strides import ddim_schedule, even_schedule, quadratic_schedule
 from .terms import edge_bpd, prior_bpd
 from .unet import UNetModel
 
@@ -28,8 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CostMatrix", "DDPM", "ELBOEstimate", "NoiseSchedule", "OptimalSchedules", "cost_matrix", "ddim_sample",
     "edge_bpd", "elbo", "even_schedule", "optimal_schedules", "prior_bpd", "quadratic_schedule", "sample",
-    "schedule_bpd", "schedule_stderr", "schedule_terms", "IMPROVED_DIFFUSION_PRESETS", "CheckpointMismatchError",
+    "schedule_bpd", "schedule_terms", "in_sample_elbo", "IMPROVED_DIFFUSION_PRESETS", "CheckpointMismatchError",
     "build_improved_diffusion_unet", "load_diffusers", "load_improved_diffusion", "UNetModel",
     "to_diffusers_timesteps", "diffusers_scheduler_config", "load_images", "digits_split", "PRETRAINED",
-    "load_pretrained", "model_card", "reproduce",
+    "load_pretrained", "model_card", "reproduce", "ddim_schedule",
 ]

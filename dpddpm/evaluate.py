@@ -1,7 +1,15 @@
-"""Fresh Monte-Carlo ELBO of one schedule: K network calls per data point, new noise for every term.
+"""A schedule's ELBO per image, two ways.
 
-This is the number to set against the in-sample figure of the DP, which was chosen on the noise of the
-cost matrix and is therefore optimistic.
+- :func:`elbo`: fresh noise for every term (K network calls per image). On held-out data this is the number to
+  set against the in-sample figure of the DP, which was chosen on the noise of the cost matrix and is optimistic.
+- :func:`in_sample_elbo`: the cost matrix's own value of a schedule, re-evaluated image by image on the matrix's
+  images with the matrix's own noise (row t's noise comes from ``row_generator(seed, t)``). Its mean equals
+  ``schedule_bpd(costs, schedule)`` up to round-off, and its standard error is the right one: over images, of
+  each image's total. (Edges averaged over the same images are correlated, so the matrix's per-entry errors
+  cannot be added.)
+
+Both return an :class:`ELBOEstimate` whose ``per_sample`` gives paired comparisons of two schedules evaluated on
+the same images: use :meth:`ELBOEstimate.paired_stderr`.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .costmatrix import CostMatrix
+from .costs import _autocast, row_generator
+from .fingerprint import data_fingerprint, model_fingerprint
 from .model import DDPM, resolve_device
 from .terms import edge_bpd, prior_bpd
 from .validation import check_data, check_schedule
@@ -23,7 +34,7 @@ class ELBOEstimate:
 
     Attributes:
         bpd: mean over data points of the per-point ELBO (prior + edges + decoder).
-        stderr: standard error of that mean.
+        stderr: standard error of that mean, over data points.
         per_sample: float64 (N,), each data point's single-sample ELBO.
         terms: float64 (K + 1,), mean of each term: [prior, L(t_K, t_{K-1}), ..., L(t_2, 1), decoder].
         schedule: the schedule evaluated.
@@ -38,8 +49,66 @@ class ELBOEstimate:
     def __iter__(self):  # so that ``mean, stderr = elbo(...)`` works
         return iter((self.bpd, self.stderr))
 
+    def paired_stderr(self, other: "ELBOEstimate") -> float:
+        """Standard error of ``self.bpd - other.bpd`` when both were estimated on the same images, in the same
+        order: the standard error of the per-image differences (their shared image-to-image spread cancels)."""
+        if self.per_sample.shape != other.per_sample.shape:
+            raise ValueError(f"paired errors need estimates on the same images, got {self.per_sample.shape[0]} "
+                             f"and {other.per_sample.shape[0]} data points")
+        return _stderr(self.per_sample - other.per_sample)
+
     def __repr__(self) -> str:
         return f"ELBOEstimate({self.bpd:.4f} ± {self.stderr:.4f} bits/dim, K={len(self.schedule)})"
+
+
+def _stderr(values: np.ndarray) -> float:
+    """Standard error of the mean of independent values (NaN for fewer than two)."""
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def _estimate(terms: np.ndarray, schedule: np.ndarray) -> ELBOEstimate:
+    """terms: (N, K + 1) per-image terms -> the estimate with its per-image standard error."""
+    per_sample = terms.sum(axis=1)
+    return ELBOEstimate(float(per_sample.mean()), _stderr(per_sample), per_sample, terms.mean(axis=0), schedule)
+
+
+def _edge_terms(model: DDPM, x0: torch.Tensor, x_t: list[torch.Tensor], edges: list[tuple[int, int]],
+                t_above: int, amp) -> list[np.ndarray]:
+    """Per-sample costs of several edges in one network call.
+
+    x0: (B, *data_shape) float64; x_t: one float32 (B, *data_shape) input per edge (t, s); s = 0 is the decoder,
+    whose variance depends on the next kept time ``t_above``. Returns one float64 (B,) array per edge.
+    """
+    B = x0.shape[0]
+    times = torch.tensor([t for t, _ in edges], device=x0.device).repeat_interleave(B)
+    with amp:
+        eps, v = model.predict(torch.cat(x_t), times)
+    out = []
+    for j, (t, s) in enumerate(edges):
+        sl = slice(j * B, (j + 1) * B)
+        out.append(edge_bpd(model.schedule, t, s, x0, x_t[j].double(), eps[sl], None if v is None else v[sl],
+                            variance=model.variance, t_above=t_above if s == 0 else None,
+                            num_bins=model.num_bins, clip_denoised=model.clip_denoised).cpu().numpy())
+    return out
+
+
+def _noisy(model: DDPM, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise in float64, rounded to the net's float32 input."""
+    ab = float(model.schedule.alpha_bar[t])
+    return (math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise).float()
+
+
+def _edges(sched_t: np.ndarray) -> list[tuple[int, int]]:
+    """The edges t_i -> t_{i-1} of a schedule, then the decoder edge 1 -> 0."""
+    return [(int(t), int(s)) for t, s in zip(sched_t[:-1], sched_t[1:])] + [(1, 0)]
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="call", desc=desc)
 
 
 @torch.no_grad()
@@ -53,50 +122,133 @@ def elbo(
     seed: int = 0,
     progress: bool = False,
 ) -> ELBOEstimate:
-    """Estimate the ELBO of ``schedule`` on ``data`` (N, *data_shape) in [-1, 1] with fresh noise."""
+    """Estimate the ELBO of ``schedule`` on ``data`` (N, *data_shape) in [-1, 1] with fresh noise.
+
+    Several edges are packed into one network call when N < batch_size; noise is drawn edge by edge, so the
+    packing does not change which noise each term gets.
+    """
+    sched_t = check_schedule(schedule, model.T)
+    data = check_data(data, model.data_shape, model.num_bins)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = int(batch_size)
+    device = resolve_device(model, device)
+    model = model.to(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    N = data.shape[0]
+    edges = _edges(sched_t)
+    terms = np.zeros((N, len(sched_t) + 1))
+    bar = _progress_bar(progress, N * len(sched_t), "elbo")
+    for a in range(0, N, batch_size):
+        x0 = data[a:a + batch_size].to(device=device, dtype=torch.float64)
+        b = a + len(x0)
+        terms[a:b, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0).cpu().numpy()
+        per_call = max(1, batch_size // len(x0))
+        for first in range(0, len(edges), per_call):
+            group = edges[first:first + per_call]
+            x_t = [_noisy(model, x0, t, torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64))
+                   for t, _ in group]
+            for j, values in enumerate(_edge_terms(model, x0, x_t, group, int(sched_t[-2]), _autocast(None, device))):
+                terms[a:b, first + j + 1] = values
+            if bar is not None:
+                bar.update(len(x0) * len(group))
+    if bar is not None:
+        bar.close()
+    return _estimate(terms, sched_t)
+
+
+@torch.no_grad()
+def in_sample_elbo(
+    model: DDPM,
+    data: torch.Tensor,
+    costs: CostMatrix,
+    schedule,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> ELBOEstimate:
+    """The cost matrix's value of ``schedule``, per image, with a standard error over images.
+
+    Re-runs the network once per kept time of the schedule (K calls per image) on the matrix's own images with
+    the noise the matrix drew for those rows, so ``.bpd`` equals ``schedule_bpd(costs, schedule)`` up to
+    round-off, ``.per_sample`` holds each image's total and ``.stderr`` is its standard error. The round-off is
+    the float32 network's: its output for an image depends slightly on the batch it is in (~1e-7), which moves
+    a total by ~1e-8 relative (measured; 1e-13 when the batches agree), plus ~1e-12 from the learned-variance
+    rows' Chebyshev expansion.
+
+    Args:
+        model: the model the matrix was computed with (checked by its weights fingerprint).
+        data: (N, *data_shape), the very images of the matrix, in the same order (checked by fingerprint).
+        costs: a matrix made by :func:`dpddpm.cost_matrix` (not merged from data shards: their noise streams
+            cannot be replayed on one data set).
+        schedule: t_K > ... > t_1 = 1; its rows t_K .. t_2 and the decoder row must be computed.
+        device: must be of the kind the matrix was computed on (its noise generator differs between CPU and CUDA).
+    """
     sched_t = check_schedule(schedule, model.T)
     data = check_data(data, model.data_shape, model.num_bins)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = resolve_device(model, device)
+    meta = _replayable_meta(model, data, costs, sched_t, device)
     model = model.to(device)
-    sched = model.schedule
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    K = len(sched_t)
-    N = data.shape[0]
-    terms = np.zeros((N, K + 1))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=N * K, unit="call", desc="elbo")
-    for a in range(0, N, int(batch_size)):
-        x0 = data[a:a + batch_size].to(device=device, dtype=torch.float64)
-        terms[a:a + len(x0), 0] = prior_bpd(sched, int(sched_t[0]), x0).cpu().numpy()
-        # edges t_i -> t_{i-1}; the last one is the decoder 1 -> 0 with t_above = t_2
-        edges = [(int(t), int(s)) for t, s in zip(sched_t[:-1], sched_t[1:])] + [(1, 0)]
-        per_call = max(1, int(batch_size) // len(x0))  # pack several edges into one network call
-        for first in range(0, len(edges), per_call):
-            group = edges[first:first + per_call]
-            x_t = []
-            for t, _ in group:  # noise is drawn edge by edge, so packing does not change the estimate
-                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
-                ab = float(sched.alpha_bar[t])
-                x_t.append((math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise).float())
-            times = torch.tensor([t for t, _ in group], device=device).repeat_interleave(len(x0))
-            eps, v = model.predict(torch.cat(x_t), times)
-            for j, (t, s) in enumerate(group):
-                sl = slice(j * len(x0), (j + 1) * len(x0))
-                terms[a:a + len(x0), first + j + 1] = edge_bpd(
-                    sched, t, s, x0, x_t[j].double(), eps[sl], None if v is None else v[sl],
-                    variance=model.variance, t_above=int(sched_t[-2]) if s == 0 else None,
-                    num_bins=model.num_bins, clip_denoised=model.clip_denoised,
-                ).cpu().numpy()
+    amp = _autocast(meta.get("autocast"), device)
+    x0_all = data.to(device=device, dtype=torch.float64)
+    N, D = x0_all.shape[0], x0_all[0].numel()
+    terms = np.zeros((N, len(sched_t) + 1))
+    terms[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0_all).cpu().numpy()
+    bar = _progress_bar(progress, N * len(sched_t), "in-sample elbo")
+    edges = _edges(sched_t)
+    chunk = min(N, int(batch_size))
+    per_call = max(1, int(batch_size) // chunk)  # small data: several rows share one network call
+    for first in range(0, len(edges), per_call):
+        group = edges[first:first + per_call]
+        # exactly the draws of cost_matrix for these rows: one (N, D) tensor from each row's generator
+        x_t = [_noisy(model, x0_all, t, torch.randn(N, D, generator=row_generator(meta["seed"], t, device),
+                                                     device=device, dtype=torch.float64).reshape(x0_all.shape))
+               for t, _ in group]
+        for a in range(0, N, chunk):
+            b = min(a + chunk, N)
+            values = _edge_terms(model, x0_all[a:b], [x[a:b] for x in x_t], group, int(sched_t[-2]), amp)
+            for j, v in enumerate(values):
+                terms[a:b, first + j + 1] = v
             if bar is not None:
-                bar.update(len(x0) * len(group))
+                bar.update((b - a) * len(group))
     if bar is not None:
         bar.close()
-    per_sample = terms.sum(axis=1)
-    stderr = float(per_sample.std(ddof=1) / math.sqrt(N)) if N > 1 else float("nan")
-    return ELBOEstimate(float(per_sample.mean()), stderr, per_sample, terms.mean(axis=0), sched_t)
+    return _estimate(terms, sched_t)
+
+
+def _replayable_meta(model: DDPM, data: torch.Tensor, costs: CostMatrix, sched_t: np.ndarray,
+                     device: torch.device) -> dict:
+    """The matrix's metadata after checking that its rows can be replayed with this model, data and device."""
+    meta = costs.meta
+    if costs.T != model.T:
+        raise ValueError(f"the cost matrix has T = {costs.T} but the model has T = {model.T}")
+    if meta.get("data_shards"):
+        raise ValueError("this cost matrix was merged from data shards, whose noise cannot be replayed on one data "
+                         "set; compute in-sample ELBOs on each shard's own matrix")
+    needed = ("seed", "N", "data_fingerprint", "weights_fingerprint", "noise_device")
+    missing = [k for k in needed if meta.get(k) is None]
+    if missing:
+        raise ValueError(f"the cost matrix records no {', '.join(missing)} (hand-built, or written by an older "
+                         f"dpddpm), so its noise cannot be replayed; recompute it with dpddpm.cost_matrix")
+    for key, ours, what in (("variance", model.variance, "variance kind"), ("num_bins", model.num_bins, "num_bins"),
+                            ("clip_denoised", model.clip_denoised, "clip_denoised"),
+                            ("weights_fingerprint", model_fingerprint(model), "weights")):
+        if key in meta and meta[key] != ours:
+            raise ValueError(f"the cost matrix was computed by another model: its {what} is {meta[key]!r}, this "
+                             f"model's is {ours!r}")
+    if int(meta["N"]) != data.shape[0] or meta["data_fingerprint"] != data_fingerprint(data, model.num_bins):
+        raise ValueError(f"these are not the cost matrix's images: it was computed on {meta['N']} images with "
+                         f"fingerprint {meta['data_fingerprint']}, these are {data.shape[0]} images with fingerprint "
+                         f"{data_fingerprint(data, model.num_bins)} (same images, same order are needed)")
+    if device.type != meta["noise_device"]:
+        raise ValueError(f"the cost matrix drew its noise on {meta['noise_device']!r}; replay it with "
+                         f"device={meta['noise_device']!r} (this call runs on {device.type!r})")
+    rows = list(sched_t[:-1]) + [1]
+    missing_rows = [int(t) for t in rows if not costs.rows_done[t]]
+    if missing_rows:
+        raise ValueError(f"the schedule needs rows {missing_rows} that this partial cost matrix lacks")
+    return meta

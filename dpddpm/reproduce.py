@@ -2,8 +2,12 @@
 
 1. the cost matrix on a selection split (resumable: ``costs.npz`` in the output folder);
 2. the DP over it, once, for every K up to the largest budget asked for;
-3. fresh ELBOs on held-out test data for the even, quadratic and DP schedules of each K (and all T steps);
+3. for the even, quadratic and DP schedules of each K (and all T steps): fresh ELBOs on held-out test data, and
+   the in-sample ELBO (the matrix's own value, replayed image by image for its standard error);
 4. ``results.json``, ``results.md`` (a markdown table) and ``results.png`` (bits/dim against K).
+
+Every standard error is over images, of each image's total. The three schedules of one K share their images
+and (on the test split) their noise seed, so their differences carry paired standard errors (``*_vs_dp``).
 
 Every phase is timed, and so are the network's forward calls alone ("network floor"), so the overhead of the
 cost-matrix computation over its T * N network calls can be reported as a ratio.
@@ -21,8 +25,8 @@ import numpy as np
 import torch
 
 from .costs import cost_matrix
-from .dp import optimal_schedules, schedule_bpd, schedule_stderr
-from .evaluate import elbo
+from .dp import optimal_schedules, schedule_bpd
+from .evaluate import ELBOEstimate, elbo, in_sample_elbo
 from .model import DDPM, resolve_device
 from .strides import even_schedule, quadratic_schedule
 
@@ -129,12 +133,15 @@ def reproduce(
         t0 = time.perf_counter()
         for i, K in enumerate(Ks):
             row: dict = {"K": K}
-            for kind, sched in (("even", even_schedule(T, K)), ("quadratic", quadratic_schedule(T, K)),
-                                ("dp", best.schedule(K))):
-                est = elbo(model, test, sched, batch_size=batch_size, device=device, seed=seed + 1 + i)
-                row[kind] = {"schedule": [int(t) for t in sched], "test_bpd": est.bpd, "test_stderr": est.stderr,
-                             "selection_bpd": schedule_bpd(costs, sched),
-                             "selection_stderr": schedule_stderr(costs, sched)}
+            found: dict[str, tuple[ELBOEstimate, ELBOEstimate]] = {}
+            for kind, sched in (("dp", best.schedule(K)), ("even", even_schedule(T, K)),
+                                ("quadratic", quadratic_schedule(T, K))):
+                test_est = elbo(model, test, sched, batch_size=batch_size, device=device, seed=seed + 1 + i)
+                sel_est = in_sample_elbo(model, selection, costs, sched, batch_size=batch_size, device=device)
+                found[kind] = (test_est, sel_est)
+                row[kind] = {"schedule": [int(t) for t in sched], **_entry(test_est, sel_est, costs)}
+                if kind != "dp":
+                    row[kind].update(_paired(test_est, sel_est, *found["dp"]))
             rows.append(row)
         timing["elbo_s"] = time.perf_counter() - t0
 
@@ -142,10 +149,11 @@ def reproduce(
         if not skip_full:
             t0 = time.perf_counter()
             all_steps = np.arange(T, 0, -1)
-            est = elbo(model, test, all_steps, batch_size=batch_size, device=device, seed=seed + 1000,
-                       progress=progress)
-            full = {"K": T, "test_bpd": est.bpd, "test_stderr": est.stderr,
-                    "selection_bpd": schedule_bpd(costs, all_steps)}
+            test_est = elbo(model, test, all_steps, batch_size=batch_size, device=device, seed=seed + 1000,
+                            progress=progress)
+            sel_est = in_sample_elbo(model, selection, costs, all_steps, batch_size=batch_size, device=device,
+                                     progress=progress)
+            full = {"K": T, **_entry(test_est, sel_est, costs)}
             timing["full_elbo_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - start
     timing["total_network_s"] = whole.seconds
@@ -162,6 +170,19 @@ def reproduce(
     return results
 
 
+def _entry(test_est: ELBOEstimate, sel_est: ELBOEstimate, costs) -> dict:
+    """One schedule's figures: held-out and in-sample bits/dim with per-image standard errors."""
+    return {"test_bpd": test_est.bpd, "test_stderr": test_est.stderr,
+            "selection_bpd": schedule_bpd(costs, sel_est.schedule), "selection_stderr": sel_est.stderr}
+
+
+def _paired(test_est: ELBOEstimate, sel_est: ELBOEstimate, dp_test: ELBOEstimate, dp_sel: ELBOEstimate) -> dict:
+    """A stride minus the DP on the same images: the difference and its paired standard error."""
+    return {"test_minus_dp": test_est.bpd - dp_test.bpd, "test_minus_dp_stderr": test_est.paired_stderr(dp_test),
+            "selection_minus_dp": sel_est.bpd - dp_sel.bpd,
+            "selection_minus_dp_stderr": sel_est.paired_stderr(dp_sel)}
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -176,14 +197,18 @@ def markdown_table(results: dict) -> str:
     """Table 1 style: test-set bits/dim (± standard error) of each schedule, and the DP's in-sample figure."""
     lines = [f"# {results['model']}: bits/dim by number of steps K (T = {results['T']})", "",
              f"Test ELBOs on {results['n_test']} held-out images; the DP schedules were chosen on "
-             f"{results['n_selection']} selection images (in-sample column).", "",
-             "| K | even | quadratic | DP (test) | DP (in-sample) |", "|---:|---:|---:|---:|---:|"]
+             f"{results['n_selection']} selection images (in-sample column). Errors are standard errors over "
+             f"images; the last two columns are paired differences on the same test images.", "",
+             "| K | even | quadratic | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["rows"]:
+        diffs = " | ".join(f"{r[k]['test_minus_dp']:+.4f} ± {r[k]['test_minus_dp_stderr']:.4f}"
+                           for k in ("even", "quadratic"))
         lines.append(f"| {r['K']} | {_fmt(r['even'])} | {_fmt(r['quadratic'])} | {_fmt(r['dp'])} | "
-                     f"{_fmt(r['dp'], 'selection')} |")
+                     f"{_fmt(r['dp'], 'selection')} | {diffs} |")
     if results["full"] is not None:
         f = results["full"]
-        lines.append(f"| {f['K']} (all) | {_fmt(f)} | | | {f['selection_bpd']:.4f} |")
+        lines.append(f"| {f['K']} (all) | {_fmt(f)} | | | {_fmt(f, 'selection')} | | |")
     t = results["timing"]
     lines += ["", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in t.items() if k.endswith("_s")]

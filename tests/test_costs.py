@@ -9,7 +9,7 @@ import torch
 import dpddpm
 from dpddpm.costs import row_generator
 from dpddpm.rowcosts import KLRow
-from toy_models import LN2, discrete_data, gaussian_model, gaussian_posterior_var, tiny_model
+from toy_models import LN2, discrete_data, gaussian_data, gaussian_model, gaussian_posterior_var, tiny_model
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -18,8 +18,7 @@ def test_gaussian_cost_matrix_matches_closed_form(variance):
     expected edge cost is known; the estimate must agree within its reported standard error."""
     mu, s, T = 0.1, 0.2, 30
     model = gaussian_model(T=T, mu=mu, s=s, variance=variance)
-    g = torch.Generator().manual_seed(1)
-    data = (mu + s * torch.randn(3000, 4, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    data = gaussian_data(3000, mu, s)
     costs = dpddpm.cost_matrix(model, data, batch_size=4096, progress=False, seed=3)
     sched = model.schedule
     z = []
@@ -128,18 +127,19 @@ def test_data_sharding_merges_means_and_standard_errors():
     tri = np.tril(np.ones((T + 1, T + 1), bool), -1)
     tri[:, 0] = False
 
-    def summarize(x):
+    def summarize(x, data_id):
         kl = np.where(tri, x.mean(0), np.nan)
         se = np.where(tri, x.std(0, ddof=1) / np.sqrt(len(x)), np.nan)
         counts = np.r_[0, np.full(T, len(x))]
         return dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan,
                                  np.ones(T)], stderr=se, decoder_stderr=np.r_[np.nan, np.nan, np.zeros(T - 1)],
-                                 counts=counts)
+                                 counts=counts, meta={"data_fingerprint": data_id, "N": len(x)})
 
-    merged = dpddpm.CostMatrix.merge([summarize(samples[:13]), summarize(samples[13:])])
-    whole = summarize(samples)
+    merged = dpddpm.CostMatrix.merge([summarize(samples[:13], "a"), summarize(samples[13:], "b")])
+    whole = summarize(samples, "ab")
     np.testing.assert_allclose(merged.kl, whole.kl, rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(merged.stderr, whole.stderr, rtol=1e-10, equal_nan=True)
+    assert merged.meta["N"] == 40 and merged.meta["data_fingerprint"] is None
 
 
 def test_save_and_load_roundtrip(tmp_path):
@@ -158,14 +158,15 @@ def test_save_and_load_roundtrip(tmp_path):
 
 
 def test_elbo_agrees_with_the_cost_matrix():
-    """A fresh estimate of a schedule's ELBO agrees with schedule_bpd within the combined errors."""
+    """A fresh estimate of a schedule's ELBO agrees with the matrix's in-sample value on the same images, within
+    the paired standard error of their per-image difference (the images are shared, the noise is not)."""
     model = tiny_model(T=12, variance="learned_range")
     data = discrete_data(400, seed=1)
     costs = dpddpm.cost_matrix(model, data, batch_size=2048, progress=False, seed=0)
     for sched in ([12, 7, 3, 1], [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1], [9, 1]):
         est = dpddpm.elbo(model, data, sched, seed=11)
-        mat, mat_se = dpddpm.schedule_bpd(costs, sched), dpddpm.schedule_stderr(costs, sched)
-        assert abs(est.bpd - mat) < 3.5 * math.hypot(est.stderr, mat_se), (sched, est, mat, mat_se)
+        mat = dpddpm.in_sample_elbo(model, data, costs, sched)
+        assert abs(est.bpd - mat.bpd) < 3.5 * est.paired_stderr(mat), (sched, est, mat)
         assert est.terms.shape == (len(sched) + 1,)
         np.testing.assert_allclose(est.terms.sum(), est.bpd, rtol=1e-12)
 
