@@ -4,7 +4,9 @@ For each row t, every data point gets one fresh x_t ~ q(x_t | x_0) and one netwo
 fills the whole row L(t, s), s < t (see :mod:`dpddpm.rowcosts`). Row t = 1 fills the decoder vector.
 Work items (row, data slice) are packed into batches of ``batch_size`` network inputs, so that small data sets
 still use large batches. Noise for row t comes from its own generator seeded by (seed, t), so results do not
-depend on batch size, row order or how rows are split between processes.
+depend on batch size, row order or how rows are split between processes, beyond floating-point round-off (the
+float32 network's output for an image changes by ~1e-7 with the batch it is in; relative differences of ~1e-8
+in the costs are normal, not a bug).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def cost_matrix(
         checkpoint: an ``.npz`` file that completed rows are saved to (atomically) at most every
             ``save_every`` seconds, on an interruption, and at the end.
         resume: continue from an existing ``checkpoint``: its rows are kept and only the missing ones are
-            computed. Noise is seeded per row, so the result equals an uninterrupted run.
+            computed. Noise is seeded per row, so the result equals an uninterrupted run up to round-off.
         save_every: seconds between checkpoint writes.
         autocast: ``"bf16"`` (CUDA or CPU) or ``"fp16"`` (CUDA) to run the network under autocast; the
             costs are still computed in float64 from its output.

@@ -2,8 +2,9 @@
 
 A checkpoint is an ordinary :class:`~dpddpm.costmatrix.CostMatrix` file whose unfinished rows have
 ``counts[t] = 0``. :func:`dpddpm.cost_matrix` writes it atomically while it runs; since the noise of row t is
-drawn from its own seeded generator, finishing only the missing rows gives exactly the matrix an uninterrupted
-run would have given.
+drawn from its own seeded generator, finishing only the missing rows gives the matrix an uninterrupted run would
+have given, up to floating-point round-off (batches are packed differently; the network's float32 output for
+an image depends slightly on its batch).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 import dpddpm
 from dpddpm.costs import row_generator
 from dpddpm.rowcosts import KLRow
-from toy_models import LN2, discrete_data, gaussian_data, gaussian_model, gaussian_posterior_var, tiny_model
+from toy_models import LN2, assert_costs_close, discrete_data, gaussian_data, gaussian_model, gaussian_posterior_var, tiny_model
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -67,10 +67,10 @@ def test_cost_matrix_equals_direct_edge_terms(variance):
         mean = vals.mean(0).numpy()
         se = (vals.std(0) / math.sqrt(len(data))).numpy()
         if t == 1:
-            np.testing.assert_allclose(costs.decoder[2:], mean, rtol=1e-10)
-            np.testing.assert_allclose(costs.decoder_stderr[2:], se, rtol=1e-7)
+            np.testing.assert_allclose(costs.decoder[2:], mean, rtol=1e-6)
+            np.testing.assert_allclose(costs.decoder_stderr[2:], se, rtol=1e-5)
         else:
-            np.testing.assert_allclose(costs.kl[t, 1:t], mean, rtol=1e-9, atol=1e-14)
+            np.testing.assert_allclose(costs.kl[t, 1:t], mean, rtol=1e-6, atol=1e-12)
             np.testing.assert_allclose(costs.stderr[t, 1:t], se, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(costs.prior[1:], dpddpm.prior_bpd(model.schedule, np.arange(1, 13), data)
                                .mean(0).numpy(), rtol=1e-12)
@@ -107,17 +107,17 @@ def test_batch_size_and_row_sharding_do_not_change_the_result(tmp_path):
     data = discrete_data(23)
     full = dpddpm.cost_matrix(model, data, batch_size=64, progress=False, seed=2)
     small = dpddpm.cost_matrix(model, data, batch_size=7, progress=False, seed=2)
-    np.testing.assert_allclose(small.kl, full.kl, rtol=1e-8, equal_nan=True)
-    # Batches split rows differently, and each batch fits its own Chebyshev interval: agreement is to the
-    # expansion's accuracy (~1e-9), not bit for bit.
+    # Batches split rows differently: the float32 network's outputs move by ~1e-7 with the batch shape, and
+    # each batch fits its own Chebyshev interval, so agreement is to round-off, not bit for bit.
+    assert_costs_close(small, full)
     parts = [dpddpm.cost_matrix(model, data, batch_size=16, progress=False, seed=2, rows=r)
              for r in (range(1, 4), range(4, 11))]
     assert not parts[0].is_complete
     merged = dpddpm.CostMatrix.merge(parts)
     assert merged.is_complete
-    np.testing.assert_allclose(merged.kl, full.kl, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(merged.stderr, full.stderr, rtol=1e-6, equal_nan=True)
-    np.testing.assert_allclose(merged.decoder, full.decoder, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(merged.kl, full.kl, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(merged.stderr, full.stderr, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(merged.decoder, full.decoder, rtol=1e-6, equal_nan=True)
 
 
 def test_data_sharding_merges_means_and_standard_errors():

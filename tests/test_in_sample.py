@@ -114,3 +114,23 @@ def test_in_sample_elbo_refuses_what_it_cannot_replay():
     hand_built = dpddpm.CostMatrix(kl=costs.kl, decoder=costs.decoder, prior=costs.prior)
     with pytest.raises(ValueError, match="records no"):
         dpddpm.in_sample_elbo(model, data, hand_built, [8, 1])
+
+
+def test_reproduce_reports_per_image_and_paired_errors(tmp_path):
+    from dpddpm.reproduce import reproduce
+
+    model, selection, test = tiny_model(T=12), discrete_data(30, seed=1), discrete_data(25, seed=2)
+    res = reproduce(model, selection, test, tmp_path, steps=[3, 5], batch_size=64, progress=False)
+    costs = dpddpm.CostMatrix.load(tmp_path / "costs.npz")
+    for row in res["rows"]:
+        for kind in ("even", "quadratic", "dp"):
+            entry = row[kind]
+            replay = dpddpm.in_sample_elbo(model, selection, costs, entry["schedule"])
+            assert entry["selection_stderr"] == pytest.approx(replay.stderr, rel=1e-6)
+            assert entry["selection_bpd"] == pytest.approx(replay.bpd, rel=1e-6)
+        for kind in ("even", "quadratic"):
+            assert row[kind]["test_minus_dp"] == pytest.approx(row[kind]["test_bpd"] - row["dp"]["test_bpd"])
+            assert row[kind]["test_minus_dp_stderr"] >= 0 and row[kind]["selection_minus_dp_stderr"] >= 0
+    full = res["full"]
+    assert full["selection_stderr"] > 0 and np.isfinite(full["test_stderr"])
+    assert "quadratic − DP" in (tmp_path / "results.md").read_text()

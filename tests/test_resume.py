@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dpddpm
-from toy_models import discrete_data, tiny_model
+from toy_models import assert_costs_close, discrete_data, tiny_model
 
 
 class _Stop:
@@ -18,14 +18,6 @@ class _Stop:
         self.calls += 1
         if self.calls >= self.n:
             raise KeyboardInterrupt
-
-
-def _assert_same(a: dpddpm.CostMatrix, b: dpddpm.CostMatrix) -> None:
-    np.testing.assert_allclose(a.kl, b.kl, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.decoder, b.decoder, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.prior, b.prior, rtol=1e-8, equal_nan=True)
-    np.testing.assert_array_equal(a.counts, b.counts)
 
 
 @pytest.mark.parametrize("variance", ["learned_range", "fixed_small"])
@@ -42,7 +34,7 @@ def test_interrupt_and_resume_equals_full_run(tmp_path, variance):
     partial = dpddpm.CostMatrix.load(ckpt)
     assert not partial.is_complete and partial.rows_done.any()
     done = partial.rows_done
-    np.testing.assert_allclose(partial.kl[done], full.kl[done], rtol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(partial.kl[done], full.kl[done], rtol=1e-6, equal_nan=True)
 
     calls = []
     hook = model.net.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
@@ -50,8 +42,8 @@ def test_interrupt_and_resume_equals_full_run(tmp_path, variance):
                                  resume=True)
     hook.remove()
     assert sum(calls) == (~done[1:]).sum() * len(data)  # only the missing rows were computed
-    _assert_same(resumed, full)
-    _assert_same(dpddpm.CostMatrix.load(ckpt), full)
+    assert_costs_close(resumed, full)
+    assert_costs_close(dpddpm.CostMatrix.load(ckpt), full)
 
 
 def test_existing_checkpoint_needs_resume(tmp_path):
@@ -166,7 +158,7 @@ import sys, time
 import dpddpm
 from dpddpm.files import Terminated
 sys.path.insert(0, {tests!r})
-from toy_models import discrete_data, tiny_model
+from toy_models import assert_costs_close, discrete_data, tiny_model
 model = tiny_model(T=400)
 model.net.register_forward_hook(lambda *a: time.sleep(0.01))
 try:
