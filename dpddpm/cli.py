@@ -1,20 +1,29 @@
 """The ``dpddpm`` command line: cost matrices, optimal schedules, ELBOs, samples, exports, Table 1.
 
-Every subcommand has ``--help``. Errors that are the user's (missing files, bad arguments, mismatched
-checkpoints) end with a one-line message and exit code 2, without a traceback.
+Every subcommand has ``--help``. Errors that are the user's (missing, unreadable or corrupt files, unwritable
+outputs, bad arguments, mismatched checkpoints) print their whole message and exit with code 2, without a
+traceback; anything else is a bug and keeps its traceback. Outputs are checked before any model or data is
+loaded, so a typo in ``--out`` costs seconds, not the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+
+from .files import Terminated, atomic_write, npz_path
+
+if TYPE_CHECKING:
+    from .costmatrix import CostMatrix
+    from .model import DDPM
 
 
 class UsageError(ValueError):
@@ -61,18 +70,32 @@ def _add_schedule_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule-json", metavar="FILE", help="a JSON list of times, or a file written by `schedule --json`")
     g.add_argument("--even", type=int, metavar="K", help="the even stride with K steps")
     g.add_argument("--quadratic", type=int, metavar="K", help="the quadratic stride with K steps")
+    g.add_argument("--ddim-quad", type=int, metavar="K",
+                   help="DDIM's own quadratic stride with K network calls (stops near 0.8 T; repeats dropped)")
     g.add_argument("--costs", metavar="FILE", help="a cost-matrix .npz: use its optimal schedule for --steps K")
     g.add_argument("--steps", type=int, metavar="K", help="number of steps K for --costs")
     g.add_argument("--start", choices=("T", "free"), default="T", help="with --costs: start at T or let the DP choose")
 
 
+# --------------------------------------------------------------------------- checks before any work
+
+
 def _device(name: str | None) -> torch.device:
+    """The torch device named by --device; a CUDA device that is not there is refused before any work."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise UsageError(f"bad --device {name!r}: {exc}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here (no GPU is visible, or this torch was "
+                             "built without CUDA); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def _parse_flags(items: Sequence[str]) -> dict[str, str]:
@@ -85,14 +108,41 @@ def _parse_flags(items: Sequence[str]) -> dict[str, str]:
     return flags
 
 
-def _require_file(path: str, what: str) -> Path:
+def _require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, if it is an existing file (not a folder)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a folder; give the file itself")
     return p
 
 
-def load_model(args: argparse.Namespace):
+def check_output(path: str | os.PathLike, *, folder: bool = False, example: str = "NAME") -> Path:
+    """Refuse an output that cannot be written, before any model or data is loaded.
+
+    A file output must not be an existing folder (a folder output: not an existing file), and the nearest
+    existing folder on its way must be a folder we may write in, so that what is missing can be created there.
+    ``example`` names a file to suggest inside a folder that was given where a file belongs.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"the output folder {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"the output {path} is a folder; give a file name, e.g. {path / example}")
+    start = (path if folder else path.parent).absolute()
+    base = next(p for p in (start, *start.parents) if p.exists())
+    if not base.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: no permission to create files in {base}; choose another path")
+    return path
+
+
+# --------------------------------------------------------------------------- models, data, schedules
+
+
+def load_model(args: argparse.Namespace) -> DDPM:
     """The DDPM named by --pretrained, --checkpoint (+ --preset/--flag) or --diffusers, on args.device."""
     device = _device(args.device)
     chosen = [n for n in ("pretrained", "checkpoint", "diffusers") if getattr(args, n)]
@@ -109,7 +159,7 @@ def load_model(args: argparse.Namespace):
         return load_improved_diffusion(path, args.preset, device=device, **_parse_flags(args.flag))
     from .loaders import load_diffusers
 
-    return load_diffusers(_require_file(args.diffusers, "diffusers folder"), device=device)
+    return load_diffusers(args.diffusers, device=device)
 
 
 def load_data(args: argparse.Namespace) -> torch.Tensor:
@@ -128,43 +178,111 @@ def load_data(args: argparse.Namespace) -> torch.Tensor:
     return x if args.limit is None else x[: args.limit]
 
 
-def load_schedule(args: argparse.Namespace, T: int | None) -> np.ndarray:
-    """The schedule named by --schedule-json, --even K, --quadratic K or --costs FILE --steps K."""
+def _schedule_source(args: argparse.Namespace) -> str:
+    """Which schedule option was given: schedule_json, even, quadratic or costs (exactly one)."""
+    chosen = [n for n in ("schedule_json", "even", "quadratic", "ddim_quad", "costs") if getattr(args, n) is not None]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one schedule: --schedule-json FILE, --even K, --quadratic K, --ddim-quad K "
+                         "or --costs FILE --steps K")
+    if chosen[0] == "costs" and args.steps is None:
+        raise UsageError("--costs needs --steps K")
+    if chosen[0] != "costs" and args.steps is not None:
+        raise UsageError("--steps goes with --costs FILE")
+    return chosen[0]
+
+
+def load_schedule(args: argparse.Namespace, model: DDPM | None = None) -> np.ndarray:
+    """The schedule named by --schedule-json, --even K, --quadratic K or --costs FILE --steps K.
+
+    With a model, a schedule file or cost matrix recorded for another model is refused.
+    """
+    source = _schedule_source(args)
+    T = None if model is None else model.T
+    if source == "schedule_json":
+        return schedule_from_json(args.schedule_json, T)
+    if source == "costs":
+        return best_schedule(load_costs(args.costs, model), args.steps, args.start)[0]
+    if T is None:
+        raise UsageError("--even/--quadratic/--ddim-quad need the model's T, which export does not know; "
+                         "use --costs FILE --steps K or --schedule-json FILE")
+    from .strides import ddim_schedule, even_schedule, quadratic_schedule
+
+    if source == "ddim_quad":
+        return ddim_schedule(T, args.ddim_quad, "quad")
+    return even_schedule(T, args.even) if source == "even" else quadratic_schedule(T, args.quadratic)
+
+
+def schedule_from_json(path: str, T: int | None = None) -> np.ndarray:
+    """The times in a schedule file: a JSON list, or the object `dpddpm schedule --json` writes.
+
+    A file that records its T is refused for a model with another T.
+    """
+    from .files import read_json
     from .validation import check_schedule
 
-    chosen = [n for n in ("schedule_json", "even", "quadratic", "costs") if getattr(args, n) is not None]
-    if len(chosen) != 1:
-        raise UsageError("give exactly one schedule: --schedule-json FILE, --even K, --quadratic K or --costs FILE --steps K")
-    if args.schedule_json:
-        obj = json.loads(_require_file(args.schedule_json, "schedule file").read_text())
-        times = obj["schedule"] if isinstance(obj, dict) else obj
-        return check_schedule(times, T if T is not None else np.iinfo(np.int64).max)
-    if args.costs:
-        return best_schedule(args.costs, args.steps, args.start, T)[0]
-    if T is None:
-        raise UsageError("--even/--quadratic need the model's T")
-    from .strides import even_schedule, quadratic_schedule
-
-    return even_schedule(T, args.even) if args.even is not None else quadratic_schedule(T, args.quadratic)
-
-
-def best_schedule(costs_path: str, K: int | None, start: str = "T", T: int | None = None):
-    """(schedule, in-sample bits/dim, stderr, T) of the optimal K-step schedule of a cost-matrix file."""
-    from .costmatrix import CostMatrix
-    from .dp import optimal_schedules, schedule_stderr
-
-    if K is None:
-        raise UsageError("--costs needs --steps K")
-    costs = CostMatrix.load(_require_file(costs_path, "cost-matrix file"))
-    if T is not None and costs.T != T:
-        raise UsageError(f"the cost matrix has T = {costs.T} but the model has T = {T}")
-    best = optimal_schedules(costs, K, start=start)
-    sched = best.schedule(K)
+    file = _require_file(path, "schedule file")
+    obj = read_json(file, "schedule file")
+    times = obj.get("schedule") if isinstance(obj, dict) else obj
+    recorded = obj.get("T") if isinstance(obj, dict) else None
+    numbers = isinstance(times, list) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)
+    if not numbers or not (recorded is None or isinstance(recorded, int)):
+        raise ValueError(f"schedule file {file} holds no schedule: expected a JSON list of times such as "
+                         '[1000, 500, 1], or an object with a "schedule" list and an integer "T" (as '
+                         "`dpddpm schedule --json` writes)")
+    if recorded is not None and T is not None and recorded != T:
+        raise UsageError(f"schedule file {file} was made for T = {recorded}, but the model has T = {T}; make one "
+                         "for this model: dpddpm schedule COSTS --steps K --json FILE, with a cost matrix of it")
     try:
-        se = schedule_stderr(costs, sched)
-    except ValueError:
-        se = float("nan")
-    return sched, best.bpd(K), se, costs.T
+        return check_schedule(times, T or recorded or np.iinfo(np.int64).max)
+    except ValueError as exc:
+        raise ValueError(f"schedule file {file}: {exc}") from None
+
+
+def load_costs(path: str, model: DDPM | None = None) -> CostMatrix:
+    """A cost-matrix file; with ``model``, one recorded for another model or other settings is refused."""
+    from .costmatrix import CostMatrix
+
+    file = _require_file(path, "cost-matrix file")
+    costs = CostMatrix.load(file)
+    if model is not None:
+        _check_costs_fit(costs, model, file)
+    return costs
+
+
+def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path) -> None:
+    """Refuse a matrix whose metadata name another model: its schedules are optimal for that model only."""
+    from .fingerprint import model_fingerprint
+
+    if costs.T != model.T:
+        raise UsageError(f"the cost matrix {file} has T = {costs.T} but the model has T = {model.T}")
+    ours: dict[str, Any] = {"variance": model.variance, "num_bins": model.num_bins,
+                            "clip_denoised": model.clip_denoised}
+    if "weights_fingerprint" in costs.meta:  # hashing the weights costs a pass over them: only when comparable
+        ours["weights_fingerprint"] = model_fingerprint(model)
+    wrong = [k for k, v in ours.items() if k in costs.meta and costs.meta[k] != v]
+    if wrong:
+        detail = "; ".join(f"{k}: {costs.meta[k]!r} in the file, {ours[k]!r} for the model" for k in wrong)
+        raise UsageError(f"the cost matrix {file} was computed for another model ({detail}). To use its schedule "
+                         f"on this model anyway: dpddpm schedule {file} --steps K --json S.json, then pass "
+                         "--schedule-json S.json")
+
+
+def best_schedule(costs: CostMatrix, K: int, start: str = "T") -> tuple[np.ndarray, float]:
+    """(schedule, in-sample bits/dim) of the optimal K-step schedule of a cost matrix."""
+    from .dp import optimal_schedules
+
+    best = optimal_schedules(costs, K, start=start)
+    return best.schedule(K), best.bpd(K)
+
+
+def _times(sched: np.ndarray) -> list[int]:
+    return [int(t) for t in sched]
+
+
+def _write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2).encode()
+    return atomic_write(path, lambda fh: fh.write(text))
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -201,13 +319,13 @@ def cmd_costs(args: argparse.Namespace) -> int:
     from .costs import cost_matrix
 
     index, count, env = shard_spec(args)
-    out = Path(args.out)
     device = _device(args.device)
     if env and device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if env and count > 1:
-        out = rank_path(out, index)
+    check_output(args.out, example="costs.npz")  # a folder given as --out, then the file written (.npz added)
+    out = check_output(npz_path(rank_path(args.out, index) if env and count > 1 else args.out), example="costs.npz")
     args.device = str(device)
+    args.rows_file = out  # where an interruption leaves the finished rows (see _stopped)
     model = load_model(args)
     data = load_data(args)
     rows = None if count == 1 else shard_rows(model.T, index, count)
@@ -221,69 +339,93 @@ def cmd_costs(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .costmatrix import CostMatrix
 
+    out = check_output(npz_path(args.out), example="costs.npz")
+    forgot = "Did you forget the OUT argument? Usage: dpddpm merge OUT PART [PART ...]"
+    for part in args.parts:  # e.g. OUT also matched by the parts' glob: the merge would replace an input
+        if Path(part).resolve() == out.resolve():
+            raise UsageError(f"the output {args.out} is also an input ({part}): merging would overwrite that "
+                             f"shard. {forgot}")
     parts = [CostMatrix.load(_require_file(p, "partial cost matrix")) for p in args.parts]
-    keys = ("variance", "num_bins", "clip_denoised", "seed", "N")
-    for p, path in zip(parts[1:], args.parts[1:]):
-        p.check_meta({k: parts[0].meta[k] for k in keys if k in parts[0].meta}, source=path)
-    overlap = np.sum([p.rows_done for p in parts], axis=0) > 1
-    if overlap.any() and all(p.meta.get("N") == parts[0].meta.get("N") for p in parts):
-        raise UsageError(f"the parts overlap in {int(overlap.sum())} row(s) (e.g. t = {int(np.flatnonzero(overlap)[0])}) "
-                         "with the same data and seed; merging them would count samples twice")
-    merged = CostMatrix.merge(parts)
+    merged = CostMatrix.merge(parts, names=args.parts)  # refuses other models or data, and rows counted twice
     if not args.allow_partial:
-        merged.require_complete()
-    path = merged.save(args.out)
+        try:
+            merged.require_complete()
+        except ValueError as exc:  # `dpddpm merge c.rank*.npz` takes the first shard for OUT: say so
+            raise ValueError(f"{exc}. {out} exists and is not one of the parts. {forgot}" if out.exists()
+                             else str(exc)) from None
+    path = merged.save(out)
     print(f"wrote {path}: {merged!r}")
     return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    sched, bpd, se, T = best_schedule(args.costs, args.steps, args.start)
-    print(f"optimal {len(sched)}-step schedule (T = {T}, start = {args.start}): {bpd:.6f} ± {se:.6f} bits/dim in-sample")
-    print(" ".join(str(int(t)) for t in sched))
     if args.json:
-        _write_json(args.json, {"T": T, "K": len(sched), "start": args.start, "bpd": bpd, "stderr": se,
-                                "schedule": [int(t) for t in sched]})
+        check_output(args.json, example="schedule.json")
+    costs = load_costs(args.costs)
+    sched, bpd = best_schedule(costs, args.steps, args.start)
+    K = len(sched)
+    print(f"optimal {K}-step schedule (T = {costs.T}, start = {args.start}): {bpd:.6f} bits/dim in-sample")
+    print(" ".join(map(str, _times(sched))))
+    print(f"(a per-image standard error needs the model and the matrix's data: dpddpm elbo MODEL DATA "
+          f"--costs {args.costs} --steps {K} --in-sample)")
+    if args.json:
+        _write_json(args.json, {"T": costs.T, "K": K, "start": args.start, "bpd": bpd, "schedule": _times(sched)})
     return 0
 
 
 def cmd_elbo(args: argparse.Namespace) -> int:
     from .evaluate import elbo
 
+    if args.json:
+        check_output(args.json, example="elbo.json")
+    if args.in_sample and _schedule_source(args) != "costs":
+        raise UsageError("--in-sample needs --costs FILE --steps K: it re-evaluates that matrix's schedule on the "
+                         "matrix's own images and noise")
     model = load_model(args)
     data = load_data(args)
-    sched = load_schedule(args, model.T)
-    est = elbo(model, data, sched, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
-    print(f"ELBO of the {len(sched)}-step schedule on {len(data)} data points: {est.bpd:.6f} ± {est.stderr:.6f} bits/dim")
+    if args.in_sample:
+        from . import in_sample_elbo
+
+        costs = load_costs(args.costs, model)
+        sched = best_schedule(costs, args.steps, args.start)[0]
+        est = in_sample_elbo(model, data, costs, sched, batch_size=args.batch_size, progress=not args.quiet)
+        what = f"in-sample ELBO (the cost matrix's own images and noise) of the {len(sched)}-step schedule"
+    else:
+        sched = load_schedule(args, model)
+        est = elbo(model, data, sched, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+        what = f"ELBO of the {len(sched)}-step schedule"
+    print(f"{what} on {len(data)} data points: {est.bpd:.6f} ± {est.stderr:.6f} bits/dim")
     if args.json:
         _write_json(args.json, {"bpd": est.bpd, "stderr": est.stderr, "n": int(len(data)),
-                                "schedule": [int(t) for t in sched], "terms": est.terms.tolist()})
+                                "in_sample": bool(args.in_sample), "schedule": _times(sched),
+                                "terms": est.terms.tolist()})
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import ddim_sample, sample
 
-    model = load_model(args)
-    sched = load_schedule(args, model.T)
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy, got {out.name}")
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
+    check_output(out, example=f"samples{out.suffix}")
+    model = load_model(args)
+    sched = load_schedule(args, model)
     gen = torch.Generator().manual_seed(args.seed)
     x = (ddim_sample if args.ddim else sample)(model, sched, args.n, gen)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
-        np.save(out, x.cpu().numpy())
-    elif out.suffix == ".png":
-        save_grid(x, out, model.num_bins)
+        array = x.cpu().numpy()
+        atomic_write(out, lambda fh: np.save(fh, array))
     else:
-        raise UsageError(f"--out must end in .png or .npy, got {out.name}")
+        save_grid(x, out, model.num_bins)
     print(f"wrote {args.n} samples ({len(sched)} steps{', DDIM' if args.ddim else ''}) to {out}")
     return 0
 
 
-def save_grid(x: torch.Tensor, path: Path, num_bins: int = 256) -> None:
-    """Save (n, C, H, W) images in [-1, 1] as one PNG grid (about square, 1-pixel gaps)."""
+def save_grid(x: torch.Tensor, path: str | os.PathLike, num_bins: int = 256) -> None:
+    """Save (n, C, H, W) images in [-1, 1] as one PNG grid (about square, 1-pixel gaps), atomically."""
     from PIL import Image
 
     x = x.detach().cpu().double().clamp(-1, 1)
@@ -298,36 +440,53 @@ def save_grid(x: torch.Tensor, path: Path, num_bins: int = 256) -> None:
     for k in range(n):
         r, q = divmod(k, cols)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img[k].transpose(1, 2, 0)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    sched = load_schedule(args, None)
+    if args.out:
+        check_output(args.out, example="timesteps.json")
+    sched = load_schedule(args)
     if args.format == "diffusers":
         from .diffusers_export import to_diffusers_timesteps
 
         obj = to_diffusers_timesteps(sched)
     else:
-        obj = [int(t) for t in sched]
-    text = json.dumps(obj)
+        obj = _times(sched)
     if args.out:
-        _write_json(args.out, obj)
-        print(f"wrote {args.out}")
+        print(f"wrote {_write_json(args.out, obj)}")
     else:
-        print(text)
+        print(json.dumps(obj))
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .reproduce import markdown_table, reproduce
 
-    model = load_model(args)
     if args.selection < 1 or args.test < 1:
         raise UsageError("--selection and --test must be >= 1")
+    if args.data is None and not args.pretrained:
+        raise UsageError("--data PATH is needed (the bundled --pretrained digits models default to the "
+                         "digits selection and test splits)")
+    out = check_output(args.out, folder=True)
+    args.rows_file = out / "costs.npz"  # where an interruption leaves the finished rows (see _stopped)
+    model = load_model(args)
+    selection, test = _reproduce_data(args)
+    if len(test) == 0:
+        raise UsageError("no test images are left after the selection images")
+    name = args.pretrained or args.preset or Path(args.checkpoint or args.diffusers).stem
+    res = reproduce(model, selection, test, out, steps=args.steps, skip_full=args.skip_full,
+                    batch_size=args.batch_size, resume=args.resume, seed=args.seed, progress=not args.quiet,
+                    name=name)
+    print(markdown_table(res))
+    print(f"wrote {out / 'results.json'}, results.md, results.png")
+    return 0
+
+
+def _reproduce_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selection, test) images: the digits splits, or --data split as --selection-split/--test-split say."""
     if args.data is None:
-        if not args.pretrained:
-            raise UsageError("--data PATH is needed (the bundled --pretrained digits models default to the "
-                             "digits selection and test splits)")
         from .digits import digits_split
 
         selection, test = digits_split("selection"), digits_split("test")
@@ -343,26 +502,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         else:
             selection = load_images(args.data, split=sel_split, limit=args.selection)
             test = load_images(args.data, split=test_split, limit=args.test)
-    selection, test = selection[: args.selection], test[: args.test]
-    if len(test) == 0:
-        raise UsageError("no test images are left after the selection images")
-    name = args.pretrained or args.preset or Path(args.checkpoint or args.diffusers).stem
-    res = reproduce(model, selection, test, args.out, steps=args.steps, skip_full=args.skip_full,
-                    batch_size=args.batch_size, resume=args.resume, seed=args.seed, progress=not args.quiet,
-                    name=name)
-    from .reproduce import markdown_table
-
-    print(markdown_table(res))
-    print(f"wrote {Path(args.out) / 'results.json'}, results.md, results.png")
-    return 0
-
-
-def _write_json(path: str, obj) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, p)
+    return selection[: args.selection], test[: args.test]
 
 
 # --------------------------------------------------------------------------- parser
@@ -379,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Under torchrun each rank writes <out>.rank<k>.npz; combine them with `dpddpm merge`.")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--out", required=True, help="output .npz (also the checkpoint while running)")
+    p.add_argument("--out", required=True,
+                   help="output .npz (also the checkpoint while running; .npz is appended when missing)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoint writes")
     p.add_argument("--shard-index", type=int, default=None, help="compute only rows t with t %% num_shards == index")
@@ -390,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="merge partial cost matrices (shards) into one file", formatter_class=fmt,
                        description="Merge partial cost-matrix files (e.g. torchrun ranks) and check completeness.")
-    p.add_argument("out", help="output .npz")
+    p.add_argument("out", help="output .npz (not one of the parts)")
     p.add_argument("parts", nargs="+", help="partial .npz files")
     p.add_argument("--allow-partial", action="store_true", help="write the result even if rows are missing")
     p.set_defaults(func=cmd_merge)
@@ -408,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     _add_schedule_args(p)
+    p.add_argument("--in-sample", action="store_true",
+                   help="with --costs FILE --steps K and the matrix's own data: the matrix's value of its schedule "
+                   "(its images and noise), with a per-image standard error")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_elbo)
@@ -449,19 +593,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions that report what the user gave (a path, an option, a file's contents, a model); anything else is
+#: a bug in dpddpm and keeps its traceback. NotImplementedError: a model feature dpddpm does not support;
+#: FloatingPointError: NaN/Inf in the model's output (raised by validation.check_finite).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError, NotImplementedError, FloatingPointError)
+
+#: what to do about an error the operating system reported on a path
+_OS_HINTS = {
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EISDIR: "it is a folder; give a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another path",
+}
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The whole message to show for a user error, or None for an internal error (which keeps its traceback)."""
+    if isinstance(exc, OSError) and exc.strerror and (exc.errno in _OS_HINTS or isinstance(exc, USER_ERRORS)):
+        # raised by the operating system: "[Errno 13] Permission denied: 'x'" reads better as a sentence
+        what = exc.strerror if exc.filename is None else f"cannot access {exc.filename}: {exc.strerror}"
+        hint = _OS_HINTS.get(exc.errno)
+        return what + (f" ({hint})" if hint else "")
+    if isinstance(exc, ImportError):  # a missing optional extra, named with its install line by dpddpm
+        return str(exc) if "pip install" in str(exc) else None
+    if isinstance(exc, torch.cuda.OutOfMemoryError):  # a resource limit the user can act on
+        return ("out of GPU memory: lower --batch-size (a cost-matrix run keeps its finished rows; continue it "
+                "with --resume)")
+    if isinstance(exc, USER_ERRORS):
+        return str(exc).strip() or type(exc).__name__
+    return None
+
+
+def _stopped(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Report Ctrl-C (exit 130) or SIGTERM (143), and where finished cost-matrix rows wait for --resume."""
+    terminated = isinstance(exc, Terminated)
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    rows = getattr(args, "rows_file", None)
+    if rows is not None and rows.exists():
+        what += f"; finished rows are saved in {rows}; continue with --resume"
+    print(f"dpddpm {args.command}: {what}", file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dpddpm`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, NotImplementedError, ImportError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"dpddpm {args.command}: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a cost-matrix run (files.Terminated)
+        return _stopped(args, exc)
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"dpddpm {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dpddpm {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

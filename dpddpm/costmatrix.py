@@ -188,6 +188,10 @@ class CostMatrix:
             raise FileNotFoundError(f"no cost-matrix file at {path}")
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; expected a cost-matrix .npz file")
+        with open(path, "rb") as fh:  # refuse non-zip files before numpy suggests unpickling them
+            if fh.read(4) != b"PK\x03\x04":
+                raise ValueError(f"{path} is not a dpddpm cost-matrix file (not an .npz archive); "
+                                 f"recompute it with `dpddpm costs`")
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -219,12 +223,16 @@ class CostMatrix:
 
     # ------------------------------------------------------------------ combining runs
     @classmethod
-    def merge(cls, parts: Sequence["CostMatrix"]) -> "CostMatrix":
+    def merge(cls, parts: Sequence["CostMatrix"], names: Sequence[str] | None = None) -> "CostMatrix":
         """Combine partial matrices computed on disjoint rows of the same data, or on disjoint data.
 
         Each row's mean and standard error are turned back into (count, sum, sum of squared deviations)
         and pooled (Chan et al.), so standard errors of the merged matrix are those of one run over all
         samples, up to round-off.
+
+        Args:
+            parts: the partial matrices.
+            names: how to name each part in error messages (e.g. its file); default "part 0", "part 1", ...
 
         Raises:
             ValueError: the parts come from different models or settings (names the key that differs); two
@@ -234,13 +242,14 @@ class CostMatrix:
         """
         if not parts:
             raise ValueError("nothing to merge")
+        names = [f"part {i}" for i in range(len(parts))] if names is None else [str(n) for n in names]
         T = parts[0].T
-        for i, p in enumerate(parts):
+        for name, p in zip(names, parts):
             if p.T != T:
-                raise ValueError(f"cannot merge cost matrices with different T ({T} and {p.T})")
+                raise ValueError(f"cannot merge cost matrices with different T ({T} in {names[0]}, {p.T} in {name})")
             if (p.counts < 0).any() and len(parts) > 1:
-                raise ValueError("cannot merge a cost matrix without sample counts")
-            _require_same(parts[0].meta, p.meta, MERGE_KEYS, f"part {i}", "part 0")
+                raise ValueError(f"cannot merge {name}: it carries no sample counts")
+            _require_same(parts[0].meta, p.meta, MERGE_KEYS, name, names[0])
         data_ids = [_data_id(p) for p in parts]
         same_data = len(set(data_ids)) == 1
         done = np.array([p.rows_done for p in parts])
@@ -248,9 +257,10 @@ class CostMatrix:
             overlap = done.sum(axis=0) > 1
             if overlap.any():
                 t = int(np.flatnonzero(overlap)[0])
+                sharing = [n for n, d in zip(names, done[:, t]) if d]
                 raise ValueError(
-                    f"the parts share {int(overlap.sum())} row(s) (e.g. t = {t}) computed on the same data: "
-                    f"merging would count those samples twice; merge each shard once")
+                    f"the parts share {int(overlap.sum())} row(s) (e.g. t = {t}, in {', '.join(sharing)}) computed on "
+                    f"the same data: merging would count those samples twice; merge each shard once")
         elif not (done == done[0]).all():
             raise ValueError(
                 "the parts were computed on different data but cover different rows: merged rows would each rest "

@@ -11,14 +11,53 @@ uses). Supported inputs, chosen by :func:`load_images` from what the path is:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 CIFAR_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".png",)
+CIFAR_FIX = "extract cifar-10-python.tar.gz again (https://www.cs.toronto.edu/~kriz/cifar.html)"
+
+#: errors of opening a path at all, as opposed to parsing what it holds
+_ACCESS_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError)
+#: what numpy, zipfile, pickle and Pillow raise on truncated or corrupt bytes (Pillow: OSError, SyntaxError)
+_CORRUPT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str, fix: str) -> Iterator[None]:
+    """Report a file that cannot be opened, or parsed as ``what``, by its name and with ``fix``.
+
+    Wrap only the library calls that read bytes, so that dpddpm's own ValueErrors pass through unchanged.
+    """
+    try:
+        yield
+    except _ACCESS_ERRORS as exc:  # the path itself: never call such a file corrupt
+        raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except _CORRUPT_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a readable {what} ({reason}): it is truncated or corrupt; {fix}") from None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR batch needs nothing else, and refusing every
+    other class means a malicious file cannot run code while it is read."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks to load {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
 
 
 def to_unit_range(images: np.ndarray) -> torch.Tensor:
@@ -68,11 +107,11 @@ def load_cifar10(folder: str | Path, split: str = "train", limit: int | None = N
     for name in CIFAR_SPLITS[split]:
         path = folder / name
         if not path.exists():
-            raise FileNotFoundError(f"CIFAR-10 batch {path} is missing")
-        with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        if b"data" not in batch:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' entry)")
+            raise FileNotFoundError(f"CIFAR-10 batch {path} is missing; {CIFAR_FIX}")
+        with _reading(path, "CIFAR-10 python batch", CIFAR_FIX), open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+        if not isinstance(batch, dict) or b"data" not in batch:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' entry); {CIFAR_FIX}")
         parts.append(np.asarray(batch[b"data"], dtype=np.uint8))
         total += len(parts[-1])
         if limit is not None and total >= limit:
@@ -83,7 +122,15 @@ def load_cifar10(folder: str | Path, split: str = "train", limit: int | None = N
 def load_npz(path: str | Path, key: str | None = None, limit: int | None = None) -> torch.Tensor:
     """uint8 images from an ``.npz`` file: ``key``, else ``"data"`` (downsampled ImageNet), else its only array."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as f:
+    fix = "copy it again, or re-create it with np.savez"
+    with _reading(path, ".npz file", fix):
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        # np.load reads anything else as a pickle and then suggests allow_pickle=True: unsafe advice
+        if not zipped:
+            raise ValueError("not a zip archive of .npy arrays")
+        f = np.load(path, allow_pickle=False)
+    with f:
         names = list(f.files)
         if key is None:
             if "data" in names:
@@ -94,7 +141,8 @@ def load_npz(path: str | Path, key: str | None = None, limit: int | None = None)
                 raise ValueError(f"{path} holds several arrays ({', '.join(names)}); say which one (split=KEY)")
         if key not in names:
             raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(names)}")
-        arr = f[key]
+        with _reading(path, ".npz file", fix):
+            arr = f[key]
     return to_unit_range(_limit(_to_nchw(arr, str(path)), limit))
 
 
@@ -105,14 +153,15 @@ def load_png_folder(folder: str | Path, limit: int | None = None) -> torch.Tenso
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("reading PNG folders needs Pillow: pip install pillow") from exc
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    with _reading(folder, "folder", "check its permissions"):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{folder} holds no PNG files")
     if limit is not None:
         files = files[: int(limit)]
     images, first = [], None
     for p in files:
-        with Image.open(p) as im:
+        with _reading(p, "PNG image", "replace it, or remove it from the folder"), Image.open(p) as im:
             gray = im.mode in ("1", "L", "I", "I;16", "LA")
             arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -141,7 +190,9 @@ def load_images(path: str | Path, *, split: str | None = None, limit: int | None
         limit: keep only the first ``limit`` images.
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: an unknown format, or images of inconsistent sizes.
+        PermissionError, IsADirectoryError: a file that cannot be opened (the message names it).
+        ValueError: an unknown format, a truncated or corrupt file (named, with the fix), or images of
+            inconsistent sizes.
     """
     path = Path(path)
     if not path.exists():
@@ -151,7 +202,9 @@ def load_images(path: str | Path, *, split: str | None = None, limit: int | None
             return load_cifar10(path, split or "train", limit)
         if (path / "cifar-10-batches-py").is_dir():
             return load_cifar10(path / "cifar-10-batches-py", split or "train", limit)
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        with _reading(path, "folder", "check its permissions"):
+            pngs = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+        if pngs:
             if split is not None:
                 raise ValueError(f"a PNG folder has no splits; got split={split!r}")
             return load_png_folder(path, limit)

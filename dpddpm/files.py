@@ -4,6 +4,7 @@
   reader never sees half a file.
 - :func:`claim_output`: an exclusive lock on an output path for the length of a run, so two runs can never
   both write it (the second is refused at once), and temp files that a killed run left behind are removed.
+- :func:`read_json`: a JSON file, or an error that names it.
 - :func:`sigterm_raises`: SIGTERM (what torchrun and job schedulers send) raises :class:`Terminated`, so the
   same cleanup that saves work on Ctrl-C runs on SIGTERM too.
 """
@@ -13,16 +14,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import secrets
 import signal
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM inside :func:`sigterm_raises`."""
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The parsed contents of a JSON file; a file that is not JSON text raises a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                         "fix or re-create it") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not a JSON text file (it is not UTF-8); check the path") from None
 
 
 def npz_path(path: str | os.PathLike) -> Path:

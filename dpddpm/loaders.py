@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from .model import DDPM
+from .files import read_json
 from .schedule import NoiseSchedule
 from .unet import UNetModel
 
@@ -202,19 +204,45 @@ def _improved_diffusion_schedule(flags: Mapping[str, Any]) -> NoiseSchedule:
     return NoiseSchedule.linear(flags["diffusion_steps"])  # betas 1e-4 .. 0.02 scaled by 1000 / T
 
 
+def _looks_truncated(path: Path) -> bool:
+    """True for an empty file, or a zip (torch.save's format) whose end-of-archive record is missing."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(max(0, size - 65_557))  # the end record: 22 bytes plus a comment of up to 65535
+        tail = fh.read()
+    return size == 0 or (head == b"PK\x03\x04" and b"PK\x05\x06" not in tail)
+
+
+def _unreadable_checkpoint(path: Path, exc: Exception) -> str:
+    """Why torch.load failed on ``path``, in dpddpm's words.
+
+    torch's own text is not passed on: for pickled objects it advises ``weights_only=False``, which runs
+    arbitrary code from the file.
+    """
+    head = f"could not read checkpoint {path} ({path.stat().st_size} bytes)"
+    if _looks_truncated(path):
+        return f"{head}: the file is truncated or corrupt (it ends before its archive does); download or copy it again"
+    refused = re.search(r"GLOBAL (\S+)", str(exc))
+    if refused:  # torch's safe unpickler met a Python object that is not a tensor
+        return (f"{head}: besides tensors it holds a pickled Python object ({refused.group(1)}), e.g. a whole "
+                "model or a training checkpoint, not a plain state_dict. dpddpm only reads plain state_dicts: save "
+                "one with torch.save(model.state_dict(), path) where the model is defined")
+    return f"{head}: it is corrupt or not a file written by torch.save ({type(exc).__name__}); check the path"
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a plain state_dict file, turning unreadable files into a clear ValueError."""
+    """Read a plain state_dict file; a file that cannot be read or parsed raises an error that says which."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"expected a checkpoint file, got a directory: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as e:  # the path, not the file's contents
+        raise type(e)(f"cannot read checkpoint {path}: {e.strerror or e}; check its permissions") from None
     except Exception as e:  # truncated zip, not a torch file, or pickled objects other than tensors
-        raise ValueError(
-            f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "the file may be truncated or corrupt (re-download it), or not a plain state_dict saved with torch.save"
-        ) from e
+        raise ValueError(_unreadable_checkpoint(path, e)) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
             f"{path} does not hold a plain state_dict (a mapping of parameter names to tensors), "
@@ -396,23 +424,50 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
             f"no scheduler in {folder}: looked for {', '.join(str(p) for p in candidates)}. Save the model's "
             "DDPMScheduler next to the UNet with scheduler.save_pretrained(...)"
         )
-    raw = json.loads(found.read_text())
+    raw = read_json(found, "scheduler configuration")
+    if not isinstance(raw, dict):
+        raise ValueError(f"scheduler configuration {found} is not a JSON object; save the scheduler again with "
+                         "scheduler.save_pretrained(...)")
     ddpm_scheduler = _import_diffusers().DDPMScheduler
     config = dict(ddpm_scheduler.from_config(raw).config)
     config.update({k: v for k, v in raw.items() if not k.startswith("_")})
     return config
 
 
-def _load_unet(folder: Path):
+def _unet_from_pretrained(folder: Path, subfolder: str | None = None):
+    """``UNet2DModel.from_pretrained``, with its errors about missing or broken files naming the folder."""
     diffusers = _import_diffusers()
+    where = folder / subfolder if subfolder else folder
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, **kwargs)
+    except OSError as e:  # diffusers reports a missing, unreadable or corrupt config or weights file so
+        reason = str(e).strip().splitlines()[0].rstrip(". ") if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load the UNet2DModel in {where}: {reason}. It needs config.json and "
+                         "diffusion_pytorch_model.safetensors (or .bin) as unet.save_pretrained(...) writes them; "
+                         "copy or save the folder again") from None
+    except RuntimeError as e:
+        if "Error(s) in loading state_dict" not in str(e):  # torch's load_state_dict report, or else a bug
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise CheckpointMismatchError(f"the weights in {where} do not match its config.json:\n  "
+                                      + "\n  ".join(lines[1:6] + (["..."] if len(lines) > 6 else []))) from None
+
+
+def _load_unet(folder: Path):
     if (folder / "unet" / "config.json").is_file():
-        return diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        return _unet_from_pretrained(folder, "unet")
     config_file = folder / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == "UNet2DModel":
-        return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True)
+    if config_file.is_file() and _class_name(config_file) == "UNet2DModel":
+        return _unet_from_pretrained(folder)
     raise FileNotFoundError(
         f"no UNet2DModel in {folder}: expected unet/config.json or a config.json with _class_name UNet2DModel"
     )
+
+
+def _class_name(config_file: Path) -> Any:
+    config = read_json(config_file, "diffusers configuration")
+    return config.get("_class_name") if isinstance(config, dict) else None
 
 
 def load_diffusers(
@@ -442,6 +497,8 @@ def load_diffusers(
             schedule that has no float64 equivalent here.
     """
     folder = Path(path)
+    if folder.is_file():
+        raise NotADirectoryError(f"{folder} is a file; a diffusers model is the folder that save_pretrained writes")
     if not folder.is_dir():
         raise FileNotFoundError(f"diffusers model folder not found: {folder}")
     _import_diffusers()

@@ -18,6 +18,7 @@ from .nets import DigitsNet
 from .schedule import NoiseSchedule
 
 PRETRAINED = ("digits-simple", "digits-hybrid")
+REINSTALL = "the installation is broken: reinstall dpddpm (in a checkout: pip install -e .)"
 
 
 def _check_name(name: str) -> str:
@@ -27,12 +28,19 @@ def _check_name(name: str) -> str:
 
 
 def _resource(filename: str):
-    return resources.files("dpddpm").joinpath("weights", filename)
+    res = resources.files("dpddpm").joinpath("weights", filename)
+    if not res.is_file():
+        raise FileNotFoundError(f"the bundled file dpddpm/weights/{filename} is missing; {REINSTALL}")
+    return res
 
 
 def model_card(name: str) -> dict:
     """The model card of a bundled model as a dict (data split, recipe, parameter count, test ELBO, ...)."""
-    return json.loads(_resource(f"{_check_name(name)}.json").read_text(encoding="utf-8"))
+    res = _resource(f"{_check_name(name)}.json")
+    try:
+        return json.loads(res.read_text(encoding="utf-8"))
+    except ValueError:  # JSONDecodeError or UnicodeDecodeError: a damaged copy of package data
+        raise ValueError(f"the bundled model card dpddpm/weights/{res.name} is not valid JSON; {REINSTALL}") from None
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
@@ -48,7 +56,10 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
            if k in card["net"]}
     net = DigitsNet(sched.alpha_bar, **cfg)
     with resources.as_file(_resource(f"{name}.pt")) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged copy, e.g. a Git LFS pointer file in place of the weights
+            raise ValueError(f"the bundled weights {path} cannot be read ({type(exc).__name__}); {REINSTALL}") from None
     net.load_state_dict(state, strict=True)
     model = DDPM(net, sched, card["variance"], time_input=card.get("time_input", "index"),
                  data_shape=DATA_SHAPE, num_bins=int(card["net"]["num_bins"]),

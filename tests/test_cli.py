@@ -32,10 +32,11 @@ NET = ["--pretrained", "tiny", "--device", "cpu"]  # for subcommands without dat
 
 
 def _assert_close(a, b):
-    np.testing.assert_allclose(a.kl, b.kl, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.decoder, b.decoder, rtol=1e-8, equal_nan=True)
-    np.testing.assert_allclose(a.prior, b.prior, rtol=1e-8, equal_nan=True)
+    """Equal up to round-off: the two runs pack different batches, and float results depend on batch shapes and
+    CPU kernels, so never compare bitwise. Standard errors come from differences of sums and keep fewer digits."""
+    for name, rtol in (("kl", 1e-6), ("decoder", 1e-6), ("prior", 1e-6), ("stderr", 1e-5)):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-10, equal_nan=True,
+                                   err_msg=name)
     np.testing.assert_array_equal(a.counts, b.counts)
 
 
@@ -200,3 +201,12 @@ def test_reproduce_digits_hybrid(tmp_path):
                      "--steps", "2", "4", "--skip-full", "--quiet", "--out", str(out), "--device", "cpu"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["K"] for r in res["rows"]] == [2, 4] and res["T"] == 4000
+
+
+def test_elbo_on_ddims_own_stride(tiny, tmp_path):
+    model, data = tiny
+    out = tmp_path / "e.json"
+    assert cli.main(["elbo", *MODEL, "--quiet", "--ddim-quad", "4", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["schedule"] == dpddpm.ddim_schedule(T, 4, "quad").tolist()
+    assert saved["schedule"][0] < T  # DDIM's stride stops near 0.8 T

@@ -81,3 +81,101 @@ def test_errors(tmp_path):
         load_images(tmp_path / "a.txt")
     with pytest.raises(ValueError, match="neither"):
         load_images(tmp_path)
+
+
+def _npz_cut_short(tmp_path):
+    np.savez(tmp_path / "x.npz", data=_images(4))
+    blob = (tmp_path / "x.npz").read_bytes()
+    (tmp_path / "x.npz").write_bytes(blob[: len(blob) // 2])
+    return tmp_path / "x.npz", tmp_path / "x.npz"
+
+
+def _npz_not_a_zip(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"some text, not an archive")  # numpy would suggest allow_pickle: unsafe
+    return tmp_path / "x.npz", tmp_path / "x.npz"
+
+
+def _npz_bad_crc(tmp_path):
+    np.savez(tmp_path / "x.npz", data=_images(4))
+    blob = bytearray((tmp_path / "x.npz").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / "x.npz").write_bytes(bytes(blob))
+    return tmp_path / "x.npz", tmp_path / "x.npz"
+
+
+def _png_garbage(tmp_path):
+    pytest.importorskip("PIL")
+    (tmp_path / "000.png").write_bytes(b"not a PNG" * 8)
+    return tmp_path, tmp_path / "000.png"
+
+
+def _png_cut_short(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(_images(1, s=16)[0].transpose(1, 2, 0)).save(tmp_path / "000.png")
+    blob = (tmp_path / "000.png").read_bytes()
+    (tmp_path / "000.png").write_bytes(blob[: len(blob) // 2])
+    return tmp_path, tmp_path / "000.png"
+
+
+def _cifar_batch(content: bytes):
+    def make(tmp_path):
+        (tmp_path / "test_batch").write_bytes(content)
+        return tmp_path, tmp_path / "test_batch"
+
+    return make
+
+
+@pytest.mark.parametrize("make", [_npz_cut_short, _npz_not_a_zip, _npz_bad_crc, _png_garbage, _png_cut_short,
+                                  _cifar_batch(b"not a pickle"), _cifar_batch(pickle.dumps({b"data": 1})[:-3])])
+def test_corrupt_files_are_named(make, tmp_path):
+    path, bad = make(tmp_path)
+    with pytest.raises(ValueError, match="truncated or corrupt") as info:
+        load_images(path, split="test" if bad.name == "test_batch" else None)
+    assert f"{bad} is not a readable" in str(info.value) and "allow_pickle" not in str(info.value)
+
+
+def test_cifar_batch_of_another_kind(tmp_path):
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(5))  # a pickle, but not a dict
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        load_images(tmp_path, split="test")
+
+
+def test_folders_where_files_belong(tmp_path):
+    (tmp_path / "cifar" / "test_batch").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"cannot read CIFAR-10 python batch .*test_batch"):
+        load_images(tmp_path / "cifar", split="test")
+    (tmp_path / "pngs" / "1.png").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"cannot read PNG image .*1.png"):
+        load_images(tmp_path / "pngs")
+
+
+def test_unreadable_file_is_not_called_corrupt(tmp_path, monkeypatch):
+    import builtins
+
+    np.savez(tmp_path / "x.npz", data=_images(2))
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):  # root may read anything: simulate a file it may not
+        if str(file) == str(tmp_path / "x.npz"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    with pytest.raises(PermissionError, match=r"cannot read \.npz file .*x\.npz: Permission denied") as info:
+        load_images(tmp_path / "x.npz")
+    assert "corrupt" not in str(info.value)
+
+
+class _Boom:
+    """An object whose unpickling would run code (here: os.getcwd, harmless, as the stand-in)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_cifar_batch_cannot_run_code(tmp_path):
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Boom()}))
+    with pytest.raises(ValueError, match="posix.getcwd|os.getcwd"):
+        load_images(tmp_path, split="test")
