@@ -2,7 +2,9 @@
 
 For each model: the cost matrix on the selection split (seed 0, timed), the DP's optimal schedules for every
 K <= 256, and for K in {2, 4, ..., 256} the fresh test-split ELBO (bits/dim, +- standard error) of the even
-stride, the quadratic stride and the DP schedule, plus the DP's in-sample figure and the full T = 4000 chain.
+stride, the quadratic stride and the DP schedule, plus each schedule's in-sample figure and the full T = 4000
+chain. Every standard error is over images (of each image's total); differences between two schedules on the
+same images carry paired standard errors.
 
     python scripts/table1_digits.py [--out results] [--threads 1]
 
@@ -57,24 +59,31 @@ def run_model(name: str, selection: torch.Tensor, test: torch.Tensor, fresh_full
     rows = []
     for K in KS:
         row = {"K": K}
-        for kind, sched in (("even", dpddpm.even_schedule(T, K)), ("quadratic", dpddpm.quadratic_schedule(T, K)),
-                            ("dp", best.schedule(K))):
+        found = {}
+        for kind, sched in (("dp", best.schedule(K)), ("even", dpddpm.even_schedule(T, K)),
+                            ("quadratic", dpddpm.quadratic_schedule(T, K))):
             est = dpddpm.elbo(model, test, sched, batch_size=len(test), seed=SEED + 1)
-            row[kind] = {"bpd": est.bpd, "stderr": est.stderr,
-                         "in_sample": dpddpm.schedule_bpd(costs, sched),
-                         "in_sample_stderr": dpddpm.schedule_stderr(costs, sched)}
+            ins = dpddpm.in_sample_elbo(model, selection, costs, sched, batch_size=4096)
+            found[kind] = (est, ins)
+            row[kind] = {"bpd": est.bpd, "stderr": est.stderr, "in_sample": dpddpm.schedule_bpd(costs, sched),
+                         "in_sample_stderr": ins.stderr}
+            if kind != "dp":  # same images (and, on the test split, the same noise seed) as the DP: paired
+                dp_est, dp_ins = found["dp"]
+                row[kind]["minus_dp"] = est.bpd - dp_est.bpd
+                row[kind]["minus_dp_stderr"] = est.paired_stderr(dp_est)
+                row[kind]["in_sample_minus_dp_stderr"] = ins.paired_stderr(dp_ins)
         row["dp"]["schedule"] = best.schedule(K).tolist() if K <= 32 else None
         rows.append(row)
         print(f"{name} K={K:4d}  even {row['even']['bpd']:.3f}  quad {row['quadratic']['bpd']:.3f}  "
               f"dp {row['dp']['bpd']:.3f} (in-sample {row['dp']['in_sample']:.3f})", flush=True)
     full_in = dpddpm.schedule_bpd(costs, full)
+    full_in_se = dpddpm.in_sample_elbo(model, selection, costs, full, batch_size=4096).stderr
     in_sample_all = best.bpd_all()  # K = 2 .. 256
     return {
         "variance": model.variance, "T": T, "N_selection": int(len(selection)), "N_test": int(len(test)),
         "cost_matrix_wall_s": round(cost_time, 1), "dp_wall_s": round(dp_time, 2),
         "cost_matrix_threads": torch.get_num_threads(),
-        "full_chain": {"test": full_test, "in_sample": full_in,
-                       "in_sample_stderr": dpddpm.schedule_stderr(costs, full)},
+        "full_chain": {"test": full_test, "in_sample": full_in, "in_sample_stderr": full_in_se},
         "rows": rows,
         "dp_within_0.1_of_full": {
             "in_sample_any_K": smallest_k(range(2, max(KS) + 1), in_sample_all, full_in),
@@ -120,21 +129,26 @@ def save_samples(model, dp32, name: str) -> str:
 
 def write_markdown(res: dict) -> str:
     lines = ["# Table 1 on the bundled digits models", "",
-             "Test-split ELBO in bits/dim (fresh noise, ± standard error, N = "
+             "Test-split ELBO in bits/dim (fresh noise, ± standard error over images, N = "
              f"{res['N_test']}); DP schedules chosen on a cost matrix of the selection split "
-             f"(N = {res['N_selection']}, seed {SEED}). "
+             f"(N = {res['N_selection']}, seed {SEED}); its in-sample value with the standard error over the "
+             "selection images (`dpddpm.in_sample_elbo`). The last two columns are the strides' excess over the DP "
+             "on the same test images, with paired standard errors. "
              f"Per-pixel categorical baseline: {res['baseline']['bpd']:.3f} ± {res['baseline']['stderr']:.3f}.", ""]
     for name, m in res["models"].items():
         full = m["full_chain"]
         lines += [f"## {name} ({m['variance']})", "",
-                  "| K | even stride | quadratic stride | DP (test) | DP (in-sample) |",
-                  "|---:|---:|---:|---:|---:|"]
+                  "| K | even stride | quadratic stride | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in m["rows"]:
             cell = lambda d: f"{d['bpd']:.3f} ± {d['stderr']:.3f}"
+            diff = lambda d: f"{d['minus_dp']:+.3f} ± {d['minus_dp_stderr']:.3f}"
             lines.append(f"| {r['K']} | {cell(r['even'])} | {cell(r['quadratic'])} | {cell(r['dp'])} | "
-                         f"{r['dp']['in_sample']:.3f} |")
+                         f"{r['dp']['in_sample']:.3f} ± {r['dp']['in_sample_stderr']:.3f} | {diff(r['even'])} | "
+                         f"{diff(r['quadratic'])} |")
         f = f"{full['test']['bpd']:.3f} ± {full['test']['stderr']:.3f}"  # at K = T every schedule is the full chain
-        lines.append(f"| {m['T']} (full chain) | {f} | {f} | {f} | {full['in_sample']:.3f} |")
+        lines.append(f"| {m['T']} (full chain) | {f} | {f} | {f} | {full['in_sample']:.3f} ± "
+                     f"{full['in_sample_stderr']:.3f} | | |")
         w = m["dp_within_0.1_of_full"]
         lines += ["", f"Smallest K with the DP within 0.1 bits/dim of the full chain: in-sample K = "
                   f"{w['in_sample_any_K']} (any K ≤ 256), test split K = {w['test']} (of the listed K). "
