@@ -33,7 +33,7 @@ PRESET = "cifar10_uncond_50M_500K"
 
 def cifar_model(device: torch.device) -> dpddpm.DDPM:
     """The released CIFAR-10 architecture with random weights, wrapped as the loader wraps a checkpoint."""
-    from dpddpm.loaders import PRESETS, _improved_diffusion_schedule, build_improved_diffusion_unet, \
+    from dpddpm.external.improved_diffusion import PRESETS, _improved_diffusion_schedule, build_improved_diffusion_unet, \
         improved_diffusion_flags
 
     flags = improved_diffusion_flags(PRESET)

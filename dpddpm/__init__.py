@@ -2,26 +2,26 @@
 
 from .costmatrix import CostMatrix
 from .costs import cost_matrix
-from .datasets import load_images
-from .digits import digits_split
-from .diffusers_export import diffusers_scheduler_config, to_diffusers_timesteps
+from .digits import PRETRAINED, digits_split, load_pretrained, model_card
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_terms
 from .evaluate import ELBOEstimate, elbo, in_sample_elbo
-from .loaders import (
+from .external import (
     PRESETS as IMPROVED_DIFFUSION_PRESETS,
     CheckpointMismatchError,
+    UNetModel,
     build_improved_diffusion_unet,
+    diffusers_scheduler_config,
     load_diffusers,
+    load_images,
     load_improved_diffusion,
+    to_diffusers_timesteps,
 )
 from .model import DDPM
-from .pretrained import PRETRAINED, load_pretrained, model_card
 from .reproduce import reproduce
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
 from .strides import ddim_schedule, even_schedule, quadratic_schedule
 from .terms import edge_bpd, prior_bpd
-from .unet import UNetModel
 
 __version__ = "0.1.0"
 

@@ -149,15 +149,15 @@ def load_model(args: argparse.Namespace) -> DDPM:
     if len(chosen) != 1:
         raise UsageError("give exactly one model: --pretrained NAME, --checkpoint FILE --preset NAME, or --diffusers DIR")
     if args.pretrained:
-        from .pretrained import load_pretrained
+        from .digits import load_pretrained
 
         return load_pretrained(args.pretrained).to(device)
     if args.checkpoint:
-        from .loaders import load_improved_diffusion
+        from .external import load_improved_diffusion
 
         path = _require_file(args.checkpoint, "checkpoint")
         return load_improved_diffusion(path, args.preset, device=device, **_parse_flags(args.flag))
-    from .loaders import load_diffusers
+    from .external import load_diffusers
 
     return load_diffusers(args.diffusers, device=device)
 
@@ -169,7 +169,7 @@ def load_data(args: argparse.Namespace) -> torch.Tensor:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.data:
-        from .datasets import load_images
+        from .external import load_images
 
         return load_images(args.data, split=args.split, limit=args.limit)
     from .digits import digits_split
@@ -449,7 +449,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_output(args.out, example="timesteps.json")
     sched = load_schedule(args)
     if args.format == "diffusers":
-        from .diffusers_export import to_diffusers_timesteps
+        from .external import to_diffusers_timesteps
 
         obj = to_diffusers_timesteps(sched)
     else:
@@ -491,7 +491,7 @@ def _reproduce_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tenso
 
         selection, test = digits_split("selection"), digits_split("test")
     else:
-        from .datasets import is_cifar10_folder, load_images
+        from .external.images import is_cifar10_folder, load_images
 
         sel_split, test_split = args.selection_split, args.test_split
         if sel_split is None and test_split is None and is_cifar10_folder(args.data):

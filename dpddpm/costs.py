@@ -102,7 +102,6 @@ def cost_matrix(
     sched = model.schedule
     N = data.shape[0]
     x0_all = data.to(device=device, dtype=torch.float64).reshape(N, -1)
-    D = x0_all.shape[1]
 
     kl = np.full((T + 1, T + 1), np.nan)
     stderr = np.full((T + 1, T + 1), np.nan)

@@ -10,7 +10,6 @@ an image depends slightly on its batch).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .costmatrix import CostMatrix

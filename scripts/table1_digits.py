@@ -25,7 +25,7 @@ import torch
 
 import dpddpm
 from dpddpm.digits import categorical_baseline_bpd, digits_split
-from dpddpm.pretrained import PRETRAINED, load_pretrained, model_card
+from dpddpm.digits import PRETRAINED, load_pretrained, model_card
 
 KS = (2, 4, 8, 16, 32, 64, 128, 256)
 SEED = 0

@@ -189,10 +189,10 @@ def _digits_weights_present() -> bool:
     try:
         from importlib import resources
 
-        import dpddpm.pretrained  # noqa: F401
+        import dpddpm.digits  # noqa: F401
     except ImportError:
         return False
-    return resources.files("dpddpm").joinpath("weights", "digits-hybrid.pt").is_file()
+    return resources.files("dpddpm.digits").joinpath("weights", "digits-hybrid.pt").is_file()
 
 
 def test_reproduce_digits_hybrid(tmp_path):

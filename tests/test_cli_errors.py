@@ -250,7 +250,7 @@ def test_costs_prints_the_file_it_wrote(tiny, tmp_path, capsys):
 
 def test_cuda_without_cuda_is_refused_before_loading(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dpddpm.pretrained, "load_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(dpddpm.digits, "load_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
     err = _fails(["sample", "--pretrained", "digits-simple", "--device", "cuda", "--even", "4",
                   "--out", tmp_path / "x.npy"], capsys)
     assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
@@ -265,7 +265,7 @@ def test_broken_install_says_reinstall(weights, needle, tmp_path, capsys, monkey
     from importlib import resources
 
     (tmp_path / "weights").mkdir()
-    card = resources.files("dpddpm").joinpath("weights", "digits-simple.json").read_text()
+    card = resources.files("dpddpm.digits").joinpath("weights", "digits-simple.json").read_text()
     (tmp_path / "weights" / "digits-simple.json").write_text(card)
     if weights is not None:  # e.g. a Git LFS pointer checked out in place of the weights
         (tmp_path / "weights" / "digits-simple.pt").write_bytes(weights)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpddpm.datasets import load_images
+from dpddpm.external import load_images
 
 
 def _images(n, c=3, s=4, seed=0):

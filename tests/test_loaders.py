@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpddpm.diffusers_export import diffusers_scheduler_config, to_diffusers_timesteps
-from dpddpm.loaders import (
+from dpddpm.external import diffusers_scheduler_config, to_diffusers_timesteps
+from dpddpm.external import (
     IMPROVED_DIFFUSION_DEFAULTS,
     PRESETS,
     CheckpointMismatchError,
@@ -163,7 +163,7 @@ def test_wrong_preset_lists_keys(golden_ckpt: Path) -> None:
 
 def test_mismatch_names_the_matching_preset(golden: dict, tmp_path: Path) -> None:
     """A released-size checkpoint loaded with wrong flags: the error points at the right preset."""
-    from dpddpm.loaders import _meta_shapes, _mismatch_message
+    from dpddpm.external.improved_diffusion import _meta_shapes, _mismatch_message
 
     state = {k: torch.empty(shape, device="meta") for k, shape in
              _meta_shapes(improved_diffusion_flags("imagenet64_uncond_100M_1500K")).items()}
@@ -310,7 +310,7 @@ def test_load_diffusers_errors(tmp_path: Path) -> None:
 def test_diffusers_schedules_match(kwargs: dict) -> None:
     """Our float64 schedules equal diffusers' float32 ones to float32 accuracy (cumprod over 4000 steps)."""
     diffusers = pytest.importorskip("diffusers")
-    from dpddpm.loaders import diffusers_schedule
+    from dpddpm.external import diffusers_schedule
 
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=4000, **kwargs)
     ours = diffusers_schedule(dict(scheduler.config))

@@ -10,7 +10,7 @@ import torch
 
 import dpddpm
 from dpddpm.digits import digits_split
-from dpddpm.pretrained import PRETRAINED, load_pretrained, model_card
+from dpddpm.digits import PRETRAINED, load_pretrained, model_card
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import dpddpm
-from dpddpm.digits import SPLIT_SIZES, categorical_baseline_bpd, digits_split, split_indices
-from dpddpm.nets import DigitsNet
-from dpddpm.train import Recipe, ScheduleTable, _x0_hat, make_model, train, vlb_terms
+from dpddpm.digits.data import SPLIT_SIZES, categorical_baseline_bpd, digits_split, split_indices
+from dpddpm.digits.net import DigitsNet
+from dpddpm.digits.train import Recipe, ScheduleTable, _x0_hat, make_model, train, vlb_terms
 
 
 @pytest.fixture(autouse=True, scope="module")

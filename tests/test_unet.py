@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpddpm.loaders import PRESETS, build_improved_diffusion_unet
-from dpddpm.unet import AttentionBlock, UNetModel, timestep_embedding
+from dpddpm.external import PRESETS, build_improved_diffusion_unet
+from dpddpm.external.unet import AttentionBlock, UNetModel, timestep_embedding
 
 DATA = Path(__file__).parent / "data"
 

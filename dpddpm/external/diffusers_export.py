@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import DDPM
-from .schedule import NoiseSchedule
-from .validation import check_schedule
+from ..model import DDPM
+from ..schedule import NoiseSchedule
+from ..validation import check_schedule
 
 __all__ = ["to_diffusers_timesteps", "diffusers_scheduler_config"]
 

@@ -1,19 +1,15 @@
-"""Load pretrained DDPMs from files: improved-diffusion checkpoints and diffusers folders.
+"""Load improved-diffusion checkpoints (Nichol & Dhariwal, 2021) from local files.
 
 Nothing here downloads anything: every function reads local paths only.
 
-improved-diffusion checkpoints (Nichol & Dhariwal, 2021) are plain ``state_dict`` files with no
-configuration inside, so the architecture is rebuilt from that codebase's command-line flags: the
-defaults of its ``model_and_diffusion_defaults()`` (:data:`IMPROVED_DIFFUSION_DEFAULTS`), overridden by a
-preset for a released checkpoint (:data:`PRESETS`), overridden by explicit keyword flags.
-
-diffusers folders hold a ``UNet2DModel`` and a ``DDPMScheduler`` saved with ``save_pretrained``.
+The checkpoints are plain ``state_dict`` files with no configuration inside, so the architecture is rebuilt
+from that codebase's command-line flags: the defaults of its ``model_and_diffusion_defaults()``
+(:data:`IMPROVED_DIFFUSION_DEFAULTS`), overridden by a preset for a released checkpoint (:data:`PRESETS`),
+overridden by explicit keyword flags.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -23,9 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import DDPM
-from .files import read_json
-from .schedule import NoiseSchedule
+from ..model import DDPM
+from ..schedule import NoiseSchedule
 from .unet import UNetModel
 
 __all__ = [
@@ -35,8 +30,6 @@ __all__ = [
     "improved_diffusion_flags",
     "build_improved_diffusion_unet",
     "load_improved_diffusion",
-    "load_diffusers",
-    "diffusers_schedule",
 ]
 
 #: improved-diffusion's ``model_and_diffusion_defaults()`` (``script_util.py``): every flag a checkpoint's
@@ -176,7 +169,7 @@ def build_improved_diffusion_unet(preset: str | None = None, **flags: Any) -> UN
     (``with torch.device("meta"):``) to inspect shapes without allocating memory.
 
     Returns:
-        a :class:`~dpddpm.unet.UNetModel` mapping (B, 3, S, S) and times (B,) to (B, 3 or 6, S, S),
+        a :class:`~dpddpm.external.unet.UNetModel` mapping (B, 3, S, S) and times (B,) to (B, 3 or 6, S, S),
         S = ``image_size``.
     """
     f = improved_diffusion_flags(preset, **flags)
@@ -365,179 +358,3 @@ def load_improved_diffusion(
     return model.to(device).eval()
 
 
-# --------------------------------------------------------------------------------------------------
-# diffusers
-# --------------------------------------------------------------------------------------------------
-
-_DIFFUSERS_VARIANCE = {
-    "fixed_small": "fixed_small",
-    "fixed_small_log": "fixed_small",
-    "fixed_large": "fixed_large",
-    "fixed_large_log": "fixed_large",
-    "learned_range": "learned_range",
-}
-
-
-def _import_diffusers():
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ImportError(
-            "loading diffusers models needs the optional dependency diffusers: pip install 'dpddpm[diffusers]'"
-        ) from e
-    return diffusers
-
-
-def diffusers_schedule(config: Mapping[str, Any]) -> NoiseSchedule:
-    """The float64 :class:`NoiseSchedule` of a ``DDPMScheduler`` configuration.
-
-    Supports ``trained_betas`` and ``beta_schedule`` ``"linear"``, ``"scaled_linear"`` and
-    ``"squaredcos_cap_v2"`` (Nichol & Dhariwal's cosine, betas capped at 0.999). diffusers itself stores
-    the betas in float32; these are the same formulas in float64.
-    """
-    T = int(config.get("num_train_timesteps", 1000))
-    if config.get("rescale_betas_zero_snr", False):
-        raise NotImplementedError("rescale_betas_zero_snr=True gives alpha_bar_T = 0 and an infinite prior term")
-    trained = config.get("trained_betas")
-    if trained is not None:
-        return NoiseSchedule.from_betas(np.asarray(trained, dtype=np.float64))
-    kind = config.get("beta_schedule", "linear")
-    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
-    if kind == "linear":
-        return NoiseSchedule.from_betas(np.linspace(start, end, T, dtype=np.float64))
-    if kind == "scaled_linear":
-        return NoiseSchedule.from_betas(np.linspace(math.sqrt(start), math.sqrt(end), T, dtype=np.float64) ** 2)
-    if kind == "squaredcos_cap_v2":
-        return NoiseSchedule.cosine(T)
-    raise NotImplementedError(
-        f"beta_schedule {kind!r} is not supported; use 'linear', 'scaled_linear', 'squaredcos_cap_v2' "
-        "or trained_betas"
-    )
-
-
-def _scheduler_config(folder: Path) -> dict[str, Any]:
-    """The scheduler's configuration with DDPMScheduler's defaults filled in."""
-    candidates = [folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        raise FileNotFoundError(
-            f"no scheduler in {folder}: looked for {', '.join(str(p) for p in candidates)}. Save the model's "
-            "DDPMScheduler next to the UNet with scheduler.save_pretrained(...)"
-        )
-    raw = read_json(found, "scheduler configuration")
-    if not isinstance(raw, dict):
-        raise ValueError(f"scheduler configuration {found} is not a JSON object; save the scheduler again with "
-                         "scheduler.save_pretrained(...)")
-    ddpm_scheduler = _import_diffusers().DDPMScheduler
-    config = dict(ddpm_scheduler.from_config(raw).config)
-    config.update({k: v for k, v in raw.items() if not k.startswith("_")})
-    return config
-
-
-def _unet_from_pretrained(folder: Path, subfolder: str | None = None):
-    """``UNet2DModel.from_pretrained``, with its errors about missing or broken files naming the folder."""
-    diffusers = _import_diffusers()
-    where = folder / subfolder if subfolder else folder
-    kwargs = {"subfolder": subfolder} if subfolder else {}
-    try:
-        return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, **kwargs)
-    except OSError as e:  # diffusers reports a missing, unreadable or corrupt config or weights file so
-        reason = str(e).strip().splitlines()[0].rstrip(". ") if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load the UNet2DModel in {where}: {reason}. It needs config.json and "
-                         "diffusion_pytorch_model.safetensors (or .bin) as unet.save_pretrained(...) writes them; "
-                         "copy or save the folder again") from None
-    except RuntimeError as e:
-        if "Error(s) in loading state_dict" not in str(e):  # torch's load_state_dict report, or else a bug
-            raise
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise CheckpointMismatchError(f"the weights in {where} do not match its config.json:\n  "
-                                      + "\n  ".join(lines[1:6] + (["..."] if len(lines) > 6 else []))) from None
-
-
-def _load_unet(folder: Path):
-    if (folder / "unet" / "config.json").is_file():
-        return _unet_from_pretrained(folder, "unet")
-    config_file = folder / "config.json"
-    if config_file.is_file() and _class_name(config_file) == "UNet2DModel":
-        return _unet_from_pretrained(folder)
-    raise FileNotFoundError(
-        f"no UNet2DModel in {folder}: expected unet/config.json or a config.json with _class_name UNet2DModel"
-    )
-
-
-def _class_name(config_file: Path) -> Any:
-    config = read_json(config_file, "diffusers configuration")
-    return config.get("_class_name") if isinstance(config, dict) else None
-
-
-def load_diffusers(
-    path: str | os.PathLike,
-    *,
-    device: str | torch.device = "cpu",
-    clip_denoised: bool | None = None,
-) -> DDPM:
-    """Load a local diffusers ``UNet2DModel`` + ``DDPMScheduler`` folder as a :class:`~dpddpm.model.DDPM`.
-
-    The folder is what ``save_pretrained`` writes: a pipeline folder with ``unet/`` and ``scheduler/``
-    subfolders, or a UNet folder with ``scheduler_config.json`` next to its ``config.json``.
-
-    Args:
-        path: the folder.
-        device: where to put the network.
-        clip_denoised: clip the predicted x_0 to [-1, 1]; None takes the scheduler's ``clip_sample``.
-
-    Returns:
-        a DDPM in eval mode whose net is the ``UNet2DModel`` itself, called with the 0-based integer index
-        ``t - 1``; data shape (in_channels, sample_size, sample_size).
-
-    Raises:
-        ImportError: diffusers is not installed.
-        FileNotFoundError: no folder, no UNet or no scheduler configuration.
-        NotImplementedError: a prediction type other than epsilon, variance type ``learned``, or a beta
-            schedule that has no float64 equivalent here.
-    """
-    folder = Path(path)
-    if folder.is_file():
-        raise NotADirectoryError(f"{folder} is a file; a diffusers model is the folder that save_pretrained writes")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"diffusers model folder not found: {folder}")
-    _import_diffusers()
-    config = _scheduler_config(folder)
-    if config.get("prediction_type", "epsilon") != "epsilon":
-        raise NotImplementedError(
-            f"prediction_type {config['prediction_type']!r} is not supported; dpddpm needs epsilon prediction"
-        )
-    variance_type = config.get("variance_type", "fixed_small")
-    if variance_type not in _DIFFUSERS_VARIANCE:
-        raise NotImplementedError(
-            f"variance_type {variance_type!r} is not supported; use one of {', '.join(_DIFFUSERS_VARIANCE)}"
-        )
-    if clip_denoised is None:
-        clip_denoised = bool(config.get("clip_sample", True))
-        if clip_denoised and float(config.get("clip_sample_range", 1.0)) != 1.0:
-            raise NotImplementedError("clip_sample_range other than 1.0 is not supported; pass clip_denoised")
-        if config.get("thresholding", False):
-            raise NotImplementedError("dynamic thresholding is not supported; pass clip_denoised explicitly")
-    schedule = diffusers_schedule(config)
-
-    unet = _load_unet(folder)
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    channels = int(unet.config.in_channels)
-    variance = _DIFFUSERS_VARIANCE[variance_type]
-    expected_out = 2 * channels if variance == "learned_range" else channels
-    if int(unet.config.out_channels) != expected_out:
-        raise ValueError(
-            f"variance_type {variance_type!r} needs a UNet with {expected_out} output channels, "
-            f"got out_channels={unet.config.out_channels}"
-        )
-    model = DDPM(
-        unet,
-        schedule,
-        variance,
-        time_input="index",
-        data_shape=(channels, *size),
-        num_bins=256,
-        clip_denoised=clip_denoised,
-    )
-    return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Train the bundled digits models: ``python -m dpddpm.train digits-hybrid|digits-simple [--steps N] [--out DIR]``.
+"""Train the bundled digits models: ``python -m dpddpm.digits.train digits-hybrid|digits-simple [--steps N] [--out DIR]``.
 
 * ``digits-simple``: L_simple (MSE of epsilon), fixed variance. fixed_small vs fixed_large is chosen at the end
   by a quick ELBO on the selection split; both full-chain test ELBOs go into the model card.
@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .digits import DATA_SHAPE, NUM_BINS, SPLIT_SEED, SPLIT_SIZES, categorical_baseline_bpd, digits_split
-from .evaluate import elbo
-from .files import atomic_write
-from .model import DDPM
-from .nets import DigitsNet, count_parameters
-from .schedule import NoiseSchedule
-from .terms import LN2, discretized_gaussian_nll, prior_bpd
+from .data import DATA_SHAPE, NUM_BINS, SPLIT_SEED, SPLIT_SIZES, categorical_baseline_bpd, digits_split
+from ..evaluate import elbo
+from ..files import atomic_write
+from ..model import DDPM
+from .net import DigitsNet, count_parameters
+from ..schedule import NoiseSchedule
+from ..terms import LN2, discretized_gaussian_nll, prior_bpd
 
 T_DEFAULT = 4000
 
@@ -253,7 +253,7 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
                  "split": "numpy.random.default_rng(0).permutation(1797): train, selection, test in order"},
         "schedule": "cosine", "T": recipe.T, "variance": variance, "time_input": "index",
         "clip_denoised": True,
-        "net": {"class": "dpddpm.nets.DigitsNet", **ema.config(), "parameters": count_parameters(ema)},
+        "net": {"class": "dpddpm.digits.net.DigitsNet", **ema.config(), "parameters": count_parameters(ema)},
         "training": {"loss": "L_hybrid = L_simple + 0.001 L_vlb (mean detached in L_vlb)" if recipe.learn_sigma
                      else "L_simple (MSE of epsilon)", "steps": recipe.steps, "batch_size": recipe.batch_size,
                      "optimizer": "Adam", "lr": recipe.lr, "warmup": recipe.warmup, "lr_decay": "cosine to 0",
@@ -295,7 +295,7 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dpddpm.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dpddpm.digits.train", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped run's)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default ./runs)")

@@ -2,7 +2,7 @@
 
 The modules are named so that the state-dict keys and shapes equal those of the released
 improved-diffusion checkpoints (for example ``cifar10_uncond_50M_500K.pt``). A checkpoint therefore
-loads with ``load_state_dict(strict=True)``. Use :func:`dpddpm.loaders.build_improved_diffusion_unet`
+loads with ``load_state_dict(strict=True)``. Use :func:`dpddpm.external.build_improved_diffusion_unet`
 to build the network from that codebase's command-line flags.
 
 Shapes: ``B`` is the batch size, ``C`` a channel count, ``H`` and ``W`` the spatial size,

@@ -1,7 +1,7 @@
-"""The bundled digits models, loaded from package data (``dpddpm/weights/<name>.pt`` and ``<name>.json``).
+"""The bundled digits models, loaded from package data (``dpddpm/digits/weights/<name>.pt`` and ``<name>.json``).
 
 Both are DDPMs on scikit-learn's 8x8 digits (17 levels, cosine schedule, T = 4000) trained by
-``python -m dpddpm.train <name>``; the model card (JSON) records the data split, the recipe and the
+``python -m dpddpm.digits.train <name>``; the model card (JSON) records the data split, the recipe and the
 measured held-out ELBO.
 """
 
@@ -12,10 +12,10 @@ from importlib import resources
 
 import torch
 
-from .digits import DATA_SHAPE
-from .model import DDPM
-from .nets import DigitsNet
-from .schedule import NoiseSchedule
+from .data import DATA_SHAPE
+from ..model import DDPM
+from .net import DigitsNet
+from ..schedule import NoiseSchedule
 
 PRETRAINED = ("digits-simple", "digits-hybrid")
 REINSTALL = "the installation is broken: reinstall dpddpm (in a checkout: pip install -e .)"
@@ -28,9 +28,9 @@ def _check_name(name: str) -> str:
 
 
 def _resource(filename: str):
-    res = resources.files("dpddpm").joinpath("weights", filename)
+    res = resources.files("dpddpm.digits").joinpath("weights", filename)
     if not res.is_file():
-        raise FileNotFoundError(f"the bundled file dpddpm/weights/{filename} is missing; {REINSTALL}")
+        raise FileNotFoundError(f"the bundled file dpddpm/digits/weights/{filename} is missing; {REINSTALL}")
     return res
 
 
@@ -40,7 +40,7 @@ def model_card(name: str) -> dict:
     try:
         return json.loads(res.read_text(encoding="utf-8"))
     except ValueError:  # JSONDecodeError or UnicodeDecodeError: a damaged copy of package data
-        raise ValueError(f"the bundled model card dpddpm/weights/{res.name} is not valid JSON; {REINSTALL}") from None
+        raise ValueError(f"the bundled model card dpddpm/digits/weights/{res.name} is not valid JSON; {REINSTALL}") from None
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
