@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .costmatrix import CostMatrix, valid_edges
+from .types import STARTS, Schedule, Start
 from .validation import check_budget, check_schedule
 
 ROW_BLOCK = 32  # rows per reduction on the CPU: keeps the temporary (block x T) in cache
@@ -35,7 +36,7 @@ class OptimalSchedules:
     values: np.ndarray
     pointers: np.ndarray
     prior: np.ndarray
-    start: str
+    start: Start
     costs: CostMatrix
 
     @property
@@ -86,7 +87,7 @@ def optimal_schedules(
     costs: CostMatrix,
     max_steps: int,
     *,
-    start: str = "T",
+    start: Start = "T",
     device: str | torch.device | None = None,
 ) -> OptimalSchedules:
     """Optimal schedules for every budget 2 <= K <= max_steps in one pass.
@@ -97,7 +98,7 @@ def optimal_schedules(
         start: ``"T"`` (t_K = T, the paper's setting) or ``"free"`` (the optimizer also picks t_K <= T).
         device: where to run the reductions (default CPU; ``"cuda"`` for large T).
     """
-    if start not in ("T", "free"):
+    if start not in STARTS:
         raise ValueError(f"start must be 'T' or 'free', got {start!r}")
     costs.require_complete()
     T = costs.T
@@ -112,8 +113,9 @@ def optimal_schedules(
     pointers[2, 2:] = 1
     sweep = _sweep_torch if device.type != "cpu" else _sweep_numpy
     sweep(W, values, pointers, device)
-    return OptimalSchedules(values=values, pointers=pointers,
-                            prior=np.asarray(costs.prior, dtype=np.float64), start=start, costs=costs)
+    return OptimalSchedules(
+        values=values, pointers=pointers, prior=np.asarray(costs.prior, dtype=np.float64), start=start, costs=costs
+    )
 
 
 def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device=None) -> None:
@@ -131,7 +133,7 @@ def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device
         for a in range(k, T + 1, ROW_BLOCK):
             b = min(a + ROW_BLOCK, T + 1)
             cand = buf[: b - a, : b - k + 1]
-            np.add(W[a:b, k - 1:b], prev[k - 1:b], out=cand)
+            np.add(W[a:b, k - 1 : b], prev[k - 1 : b], out=cand)
             arg = cand.argmin(axis=1)
             values[k, a:b] = cand[rows[: b - a], arg]
             pointers[k, a:b] = arg + (k - 1)
@@ -150,14 +152,14 @@ def _sweep_torch(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, device
         prev = vals[k - 1]
         for a in range(k, T + 1, block):
             b = min(a + block, T + 1)
-            best, arg = (Wd[a:b, k - 1:b] + prev[k - 1:b]).min(dim=1)
+            best, arg = (Wd[a:b, k - 1 : b] + prev[k - 1 : b]).min(dim=1)
             vals[k, a:b] = best
             ptrs[k, a:b] = (arg + (k - 1)).to(torch.int32)
     values[:] = vals.cpu().numpy()
     pointers[3:] = ptrs[3:].cpu().numpy().astype(pointers.dtype)
 
 
-def schedule_bpd(costs: CostMatrix, schedule) -> float:
+def schedule_bpd(costs: CostMatrix, schedule: Schedule) -> float:
     """ELBO (bits/dim) of any schedule t_K > ... > t_1 = 1 from the matrix:
     prior[t_K] + sum L(t_i, t_{i-1}) + decoder[t_2].
 
@@ -168,9 +170,8 @@ def schedule_bpd(costs: CostMatrix, schedule) -> float:
     return float(schedule_terms(costs, schedule).sum())
 
 
-def schedule_terms(costs: CostMatrix, schedule) -> np.ndarray:
+def schedule_terms(costs: CostMatrix, schedule: Schedule) -> np.ndarray:
     """The terms of a schedule's ELBO in order: [prior, L(t_K, t_{K-1}), ..., L(t_2, 1), decoder]."""
     costs.require_complete()
     sched = check_schedule(schedule, costs.T)
-    return np.concatenate([[costs.prior[sched[0]]], costs.kl[sched[:-1], sched[1:]],
-                           [costs.decoder[sched[-2]]]])
+    return np.concatenate([[costs.prior[sched[0]]], costs.kl[sched[:-1], sched[1:]], [costs.decoder[sched[-2]]]])

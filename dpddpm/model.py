@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .schedule import NoiseSchedule
+from .types import VARIANCE_KINDS, Steps, TimeInput, VarianceKind
 from .validation import check_finite
-
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-TimeInput = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 class DDPM(nn.Module):
@@ -35,7 +33,7 @@ class DDPM(nn.Module):
         self,
         net: nn.Module,
         schedule: NoiseSchedule,
-        variance: str,
+        variance: VarianceKind,
         *,
         time_input: TimeInput = "index",
         data_shape: Sequence[int],
@@ -43,15 +41,15 @@ class DDPM(nn.Module):
         clip_denoised: bool = True,
     ) -> None:
         super().__init__()
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if variance not in VARIANCE_KINDS:
+            raise ValueError(f"variance must be one of {VARIANCE_KINDS}, got {variance!r}")
         if isinstance(time_input, str) and time_input not in ("index", "rescaled"):
             raise ValueError(f"time_input must be 'index', 'rescaled' or a callable, got {time_input!r}")
         if int(num_bins) < 2:
             raise ValueError(f"num_bins must be >= 2, got {num_bins}")
         self.net = net
         self.schedule = schedule
-        self.variance = variance
+        self.variance: VarianceKind = variance
         self.time_input = time_input
         self.data_shape = tuple(int(d) for d in data_shape)
         self.num_bins = int(num_bins)
@@ -74,7 +72,7 @@ class DDPM(nn.Module):
         return (t - 1).to(torch.float32) * (1000.0 / self.T)
 
     @torch.no_grad()
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(self, x_t: torch.Tensor, t: Steps) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the net at 1-based steps t.
 
         Args:
@@ -95,9 +93,7 @@ class DDPM(nn.Module):
         if self.learned_variance:
             channels = out.shape[1]
             if channels != 2 * self.data_shape[0]:
-                raise ValueError(
-                    f"a learned_range model must output 2 x {self.data_shape[0]} channels, got {channels}"
-                )
+                raise ValueError(f"a learned_range model must output 2 x {self.data_shape[0]} channels, got {channels}")
             eps, v = out.split(channels // 2, dim=1)
             return eps, v
         if tuple(out.shape[1:]) != self.data_shape:

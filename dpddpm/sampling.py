@@ -5,16 +5,16 @@ Both start from x_{t_K} ~ N(0, I) and end with the decoder step from x_1, which 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .gaussian import predict_eps, predict_x0, q_sample
 from .model import DDPM, resolve_device
-from .terms import jump_log_variance, predict_x0
+from .terms import jump_log_variance
+from .types import Schedule
 from .validation import check_schedule
 
 
-def _noise(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
 
@@ -22,7 +22,7 @@ def _noise(shape, generator: torch.Generator | None, device: torch.device) -> to
 @torch.no_grad()
 def sample(
     model: DDPM,
-    schedule,
+    schedule: Schedule,
     n: int,
     generator: torch.Generator | None = None,
     *,
@@ -40,7 +40,7 @@ def sample(
 @torch.no_grad()
 def ddim_sample(
     model: DDPM,
-    schedule,
+    schedule: Schedule,
     n: int,
     generator: torch.Generator | None = None,
     *,
@@ -50,7 +50,15 @@ def ddim_sample(
     return _run(model, schedule, n, generator, device, ddim=True)
 
 
-def _run(model: DDPM, schedule, n: int, generator, device, *, ddim: bool) -> torch.Tensor:
+def _run(
+    model: DDPM,
+    schedule: Schedule,
+    n: int,
+    generator: torch.Generator | None,
+    device: str | torch.device | None,
+    *,
+    ddim: bool,
+) -> torch.Tensor:
     times = check_schedule(schedule, model.T)
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -65,14 +73,11 @@ def _run(model: DDPM, schedule, n: int, generator, device, *, ddim: bool) -> tor
         if t == 1:
             return x0_hat.float()
         s = int(times[i + 1])
-        if ddim:
-            a_t, a_s = float(sched.alpha_bar[t]), float(sched.alpha_bar[s])
-            eps_hat = (x - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)  # consistent with clipped x^_0
-            x = math.sqrt(a_s) * x0_hat + math.sqrt(1.0 - a_s) * eps_hat
+        if ddim:  # x_s on the line through x^_0 with the epsilon that x_t implies (consistent with a clipped x^_0)
+            x = q_sample(sched, s, x0_hat, predict_eps(sched, t, x, x0_hat))
             continue
         j = sched.jump(t, s)
         mean = float(j.c1) * x0_hat + float(j.c2) * x
-        log_var = torch.as_tensor(jump_log_variance(sched, t, s, v, model.variance), dtype=torch.float64,
-                                  device=device)
+        log_var = torch.as_tensor(jump_log_variance(sched, t, s, v, model.variance), dtype=torch.float64, device=device)
         x = mean + torch.exp(0.5 * log_var) * _noise(x.shape, generator, device)
     raise AssertionError("unreachable: a checked schedule ends at t = 1")

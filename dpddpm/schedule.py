@@ -36,7 +36,7 @@ class NoiseSchedule:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_betas(cls, betas) -> "NoiseSchedule":
+    def from_betas(cls, betas) -> NoiseSchedule:
         """Schedule from per-step betas: ``betas[i]`` is beta at t = i + 1, shape (T,)."""
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or b.size < 1:
@@ -46,7 +46,7 @@ class NoiseSchedule:
         return cls(np.concatenate([[1.0], np.cumprod(1.0 - b)]))
 
     @classmethod
-    def linear(cls, T: int, beta_start: float | None = None, beta_end: float | None = None) -> "NoiseSchedule":
+    def linear(cls, T: int, beta_start: float | None = None, beta_end: float | None = None) -> NoiseSchedule:
         """Ho et al.'s linear betas. Defaults scale 1e-4 .. 0.02 by 1000 / T as improved-diffusion does."""
         T = _check_T(T)
         scale = 1000.0 / T
@@ -55,7 +55,7 @@ class NoiseSchedule:
         return cls.from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
 
     @classmethod
-    def cosine(cls, T: int, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(cls, T: int, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
         """Nichol & Dhariwal's cosine schedule; betas are clipped at ``max_beta`` as their code does."""
         T = _check_T(T)
 
@@ -76,7 +76,7 @@ class NoiseSchedule:
         """Per-step betas, shape (T,): ``betas[i]`` belongs to t = i + 1."""
         return 1.0 - self.alpha_bar[1:] / self.alpha_bar[:-1]
 
-    def jump(self, t, s) -> "Jump":
+    def jump(self, t: int | np.ndarray, s: int | np.ndarray) -> Jump:
         """Coefficients of the jump t -> s (1 <= s < t, or s = 0 for t >= 1); broadcasts over arrays."""
         return Jump.of(self.alpha_bar, t, s)
 
@@ -100,7 +100,7 @@ class Jump:
     c2: np.ndarray
 
     @classmethod
-    def of(cls, alpha_bar: np.ndarray, t, s) -> "Jump":
+    def of(cls, alpha_bar: np.ndarray, t: int | np.ndarray, s: int | np.ndarray) -> Jump:
         a_t = alpha_bar[np.asarray(t)]
         a_s = alpha_bar[np.asarray(s)]
         beta = 1.0 - a_t / a_s

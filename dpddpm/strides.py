@@ -7,10 +7,9 @@ times DDIM's code visits, which stop below T and need not number K (DDIM's netwo
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
+from .types import DDIMSkip
 from .validation import check_budget
 
 
@@ -45,9 +44,6 @@ def quadratic_schedule(T: int, K: int) -> np.ndarray:
         times[n] = max(times[n], times[n - 1] + 1)
     assert times[-1] == T, "quadratic stride must end at T"
     return times[::-1].copy()
-
-
-DDIMSkip = Literal["quad", "uniform"]
 
 
 def ddim_schedule(T: int, K: int, skip_type: DDIMSkip) -> np.ndarray:

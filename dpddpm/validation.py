@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from .types import Schedule
 
 
 def check_budget(K: int, T: int) -> int:
@@ -19,7 +21,7 @@ def check_budget(K: int, T: int) -> int:
     return K
 
 
-def check_schedule(schedule: Sequence[int] | np.ndarray | torch.Tensor, T: int) -> np.ndarray:
+def check_schedule(schedule: Schedule, T: int) -> np.ndarray:
     """Return ``schedule`` as an int64 array after checking it is t_K > ... > t_1 = 1 with t_K <= T."""
     if isinstance(schedule, torch.Tensor):
         schedule = schedule.detach().cpu().numpy()
@@ -54,18 +56,14 @@ def check_data(data: torch.Tensor, data_shape: Sequence[int], num_bins: int) -> 
     if not isinstance(data, torch.Tensor):
         data = torch.as_tensor(np.asarray(data))
     if tuple(data.shape[1:]) != tuple(data_shape) or data.ndim != len(data_shape) + 1:
-        raise ValueError(
-            f"data must have shape (N, {', '.join(map(str, data_shape))}), got {tuple(data.shape)}"
-        )
+        raise ValueError(f"data must have shape (N, {', '.join(map(str, data_shape))}), got {tuple(data.shape)}")
     if data.shape[0] == 0:
         raise ValueError("data is empty (N = 0)")
     if not torch.isfinite(data).all():
         raise ValueError("data contains NaN or Inf")
     lo, hi = float(data.min()), float(data.max())
     if lo < -1 - 1e-6 or hi > 1 + 1e-6:
-        raise ValueError(
-            f"data must be scaled to [-1, 1] ({num_bins} levels), got values in [{lo:.4g}, {hi:.4g}]"
-        )
+        raise ValueError(f"data must be scaled to [-1, 1] ({num_bins} levels), got values in [{lo:.4g}, {hi:.4g}]")
     levels = (data.detach().double() + 1.0) * ((num_bins - 1) / 2.0)
     off = float((levels - levels.round()).abs().max())
     if off > GRID_TOLERANCE:
@@ -75,8 +73,12 @@ def check_data(data: torch.Tensor, data_shape: Sequence[int], num_bins: int) -> 
             + (", and 17-level digits as x / 8 - 1" if num_bins == 17 else "")
         )
     if lo >= 0 and data.numel() > 1:
-        warnings.warn(f"no data value lies below 0 (range [{lo:.4g}, {hi:.4g}]): are the data scaled to [0, 1] "
-                      f"instead of [-1, 1]?", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"no data value lies below 0 (range [{lo:.4g}, {hi:.4g}]): are the data scaled to [0, 1] "
+            f"instead of [-1, 1]?",
+            UserWarning,
+            stacklevel=3,
+        )
     return data
 
 

@@ -36,7 +36,7 @@ def split_indices() -> dict[str, np.ndarray]:
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(_scaled_images()))
     out, start = {}, 0
     for name, size in SPLIT_SIZES.items():
-        out[name] = np.sort(perm[start:start + size])
+        out[name] = np.sort(perm[start : start + size])
         start += size
     assert start == len(perm)
     return out

@@ -59,19 +59,34 @@ class DigitsNet(nn.Module):
 
     MAX_RESIDUAL = 30.0  # |residual logit| bound: exp() of the logits then never overflows float32
 
-    def __init__(self, alpha_bar: np.ndarray, num_bins: int = 17, hidden: int = 192, blocks: int = 2,
-                 rank: int = 8, learn_sigma: bool = False, fourier: int = 16, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        alpha_bar: np.ndarray,
+        num_bins: int = 17,
+        hidden: int = 192,
+        blocks: int = 2,
+        rank: int = 8,
+        learn_sigma: bool = False,
+        fourier: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.num_bins, self.hidden, self.blocks, self.rank, self.learn_sigma, self.fourier = (
-            num_bins, hidden, blocks, rank, learn_sigma, fourier)
+            num_bins,
+            hidden,
+            blocks,
+            rank,
+            learn_sigma,
+            fourier,
+        )
         self.dropout = dropout
         self.dims = 64
         # not persistent: the schedule is rebuilt from its name, so weight files hold only learned float32 tensors
-        self.register_buffer("alpha_bar", torch.tensor(np.asarray(alpha_bar), dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer("alpha_bar", torch.tensor(np.asarray(alpha_bar), dtype=torch.float64), persistent=False)
         self.register_buffer("levels", torch.linspace(-1.0, 1.0, num_bins), persistent=False)
-        self.register_buffer("moment_basis", torch.stack([self.levels, torch.ones_like(self.levels)], dim=1),
-                             persistent=False)
+        self.register_buffer(
+            "moment_basis", torch.stack([self.levels, torch.ones_like(self.levels)], dim=1), persistent=False
+        )
         self.inp = nn.Linear(2 * self.dims, hidden)  # [x_t, per-pixel posterior mean]
         self.temb = nn.Sequential(nn.Linear(2 * fourier, hidden), nn.SiLU())
         self.res = nn.ModuleList(ResBlock(hidden, dropout) for _ in range(blocks))
@@ -87,8 +102,15 @@ class DigitsNet(nn.Module):
 
     def config(self) -> dict:
         """Constructor arguments other than alpha_bar (for model cards and loading)."""
-        return {"num_bins": self.num_bins, "hidden": self.hidden, "blocks": self.blocks, "rank": self.rank,
-                "learn_sigma": self.learn_sigma, "fourier": self.fourier, "dropout": self.dropout}
+        return {
+            "num_bins": self.num_bins,
+            "hidden": self.hidden,
+            "blocks": self.blocks,
+            "rank": self.rank,
+            "learn_sigma": self.learn_sigma,
+            "fourier": self.fourier,
+            "dropout": self.dropout,
+        }
 
     def base_logits(self, x: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """Per-pixel posterior logits of the levels under a uniform prior, minus their maximum.

@@ -12,10 +12,10 @@ from importlib import resources
 
 import torch
 
-from .data import DATA_SHAPE
 from ..model import DDPM
-from .net import DigitsNet
 from ..schedule import NoiseSchedule
+from .data import DATA_SHAPE
+from .net import DigitsNet
 
 PRETRAINED = ("digits-simple", "digits-hybrid")
 REINSTALL = "the installation is broken: reinstall dpddpm (in a checkout: pip install -e .)"
@@ -40,7 +40,9 @@ def model_card(name: str) -> dict:
     try:
         return json.loads(res.read_text(encoding="utf-8"))
     except ValueError:  # JSONDecodeError or UnicodeDecodeError: a damaged copy of package data
-        raise ValueError(f"the bundled model card dpddpm/digits/weights/{res.name} is not valid JSON; {REINSTALL}") from None
+        raise ValueError(
+            f"the bundled model card dpddpm/digits/weights/{res.name} is not valid JSON; {REINSTALL}"
+        ) from None
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
@@ -52,8 +54,11 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
     if card.get("schedule") != "cosine":
         raise ValueError(f"model card of {name!r} names schedule {card.get('schedule')!r}; expected 'cosine'")
     sched = NoiseSchedule.cosine(int(card["T"]))
-    cfg = {k: card["net"][k] for k in ("num_bins", "hidden", "blocks", "rank", "learn_sigma", "fourier", "dropout")
-           if k in card["net"]}
+    cfg = {
+        k: card["net"][k]
+        for k in ("num_bins", "hidden", "blocks", "rank", "learn_sigma", "fourier", "dropout")
+        if k in card["net"]
+    }
     net = DigitsNet(sched.alpha_bar, **cfg)
     with resources.as_file(_resource(f"{name}.pt")) as path:
         try:
@@ -61,7 +66,13 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> DDPM:
         except Exception as exc:  # a damaged copy, e.g. a Git LFS pointer file in place of the weights
             raise ValueError(f"the bundled weights {path} cannot be read ({type(exc).__name__}); {REINSTALL}") from None
     net.load_state_dict(state, strict=True)
-    model = DDPM(net, sched, card["variance"], time_input=card.get("time_input", "index"),
-                 data_shape=DATA_SHAPE, num_bins=int(card["net"]["num_bins"]),
-                 clip_denoised=bool(card.get("clip_denoised", True)))
+    model = DDPM(
+        net,
+        sched,
+        card["variance"],
+        time_input=card.get("time_input", "index"),
+        data_shape=DATA_SHAPE,
+        num_bins=int(card["net"]["num_bins"]),
+        clip_denoised=bool(card.get("clip_denoised", True)),
+    )
     return model.eval().to(device)

@@ -1,4 +1,4 @@
-"""Train the bundled digits models: ``python -m dpddpm.digits.train digits-hybrid|digits-simple [--steps N] [--out DIR]``.
+"""Train a bundled digits model: ``python -m dpddpm.digits.train NAME [--steps N] [--out DIR]``.
 
 * ``digits-simple``: L_simple (MSE of epsilon), fixed variance. fixed_small vs fixed_large is chosen at the end
   by a quick ELBO on the selection split; both full-chain test ELBOs go into the model card.
@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DATA_SHAPE, NUM_BINS, SPLIT_SEED, SPLIT_SIZES, categorical_baseline_bpd, digits_split
 from ..evaluate import elbo
 from ..files import atomic_write
+from ..gaussian import predict_x0, q_sample
 from ..model import DDPM
-from .net import DigitsNet, count_parameters
 from ..schedule import NoiseSchedule
-from ..terms import LN2, discretized_gaussian_nll, prior_bpd
+from ..types import VarianceKind
+from .data import DATA_SHAPE, NUM_BINS, SPLIT_SEED, SPLIT_SIZES, categorical_baseline_bpd, digits_split
+from .net import DigitsNet, count_parameters
+from .objective import QuickELBO, ScheduleTable, vlb_terms
 
 T_DEFAULT = 4000
 
@@ -58,118 +60,37 @@ class Recipe:
 # ELBO was best near step 1000 and then rose steadily (1.94 -> 2.6 bits/dim by step 10000); dropout 0.1 and a
 # shorter run gave 0.01-0.02 bits/dim better checkpoints.
 RECIPES = {
-    "digits-simple": Recipe("digits-simple", learn_sigma=False, steps=4000, warmup=200, eval_every=250,
-                            dropout=0.1),
-    "digits-hybrid": Recipe("digits-hybrid", learn_sigma=True, steps=4000, warmup=200, eval_every=250,
-                            dropout=0.1),
+    "digits-simple": Recipe("digits-simple", learn_sigma=False, steps=4000, warmup=200, eval_every=250, dropout=0.1),
+    "digits-hybrid": Recipe("digits-hybrid", learn_sigma=True, steps=4000, warmup=200, eval_every=250, dropout=0.1),
 }
 
 
-def make_model(recipe: Recipe, variance: str | None = None) -> DDPM:
+def make_model(recipe: Recipe, variance: VarianceKind | None = None) -> DDPM:
     """A fresh DDPM wrapper around a new DigitsNet for this recipe."""
     sched = NoiseSchedule.cosine(recipe.T)
-    net = DigitsNet(sched.alpha_bar, num_bins=NUM_BINS, hidden=recipe.hidden, blocks=recipe.blocks,
-                    rank=recipe.rank, learn_sigma=recipe.learn_sigma, dropout=recipe.dropout)
+    net = DigitsNet(
+        sched.alpha_bar,
+        num_bins=NUM_BINS,
+        hidden=recipe.hidden,
+        blocks=recipe.blocks,
+        rank=recipe.rank,
+        learn_sigma=recipe.learn_sigma,
+        dropout=recipe.dropout,
+    )
     variance = variance or ("learned_range" if recipe.learn_sigma else "fixed_small")
-    return DDPM(net, sched, variance, time_input="index", data_shape=DATA_SHAPE, num_bins=NUM_BINS,
-                clip_denoised=True)
+    return DDPM(net, sched, variance, time_input="index", data_shape=DATA_SHAPE, num_bins=NUM_BINS, clip_denoised=True)
 
 
-class ScheduleTable:
-    """Float64 tensors of the one-step jumps t -> t - 1, indexed by 1-based t (entry 0 unused)."""
-
-    def __init__(self, sched: NoiseSchedule, device: torch.device) -> None:
-        ab = sched.alpha_bar
-        t = np.arange(2, sched.T + 1)
-        j = sched.jump(t, t - 1)
-
-        def pad(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.concatenate([[np.nan, np.nan], a]), device=device)
-
-        self.alpha_bar = torch.tensor(ab, device=device)  # a copy: alpha_bar is read-only
-        self.log_beta, self.log_post, self.c1 = pad(np.log(j.beta)), pad(np.log(j.beta_post)), pad(j.c1)
-        # decoder (t = 1, next kept time 2): beta~_{1|2} and the learned range's upper end log(1 - ab_1)
-        self.dec_log_post = math.log(float(sched.jump(2, 1).beta_post))
-        self.dec_log_hi = math.log(1.0 - float(ab[1]))
-
-
-def vlb_terms(tab: ScheduleTable, t: torch.Tensor, x0: torch.Tensor, x0_hat: torch.Tensor,
-              v: torch.Tensor | None, variance: str) -> torch.Tensor:
-    """The full chain's ELBO term at each sample's own t, in bits/dim: L(t, t-1) for t >= 2, decoder at t = 1.
-
-    t: (B,) 1-based long; x0, x0_hat: (B, 64) float64; v: (B, 64) raw variance output or None. Returns (B,).
-    Same formulas as :func:`dpddpm.edge_bpd`, vectorised over t for training (a test checks they agree).
-    """
-    dec = t == 1
-    tt = t.clamp(min=2)
-    lo, hi = tab.log_post[tt][:, None], tab.log_beta[tt][:, None]
-    lo = torch.where(dec[:, None], torch.full_like(lo, tab.dec_log_post), lo)
-    hi = torch.where(dec[:, None], torch.full_like(hi, tab.dec_log_hi), hi)
-    if variance == "learned_range":
-        f = (v.double() + 1.0) / 2.0
-        log_var = f * hi + (1.0 - f) * lo
-    elif variance == "fixed_large":
-        log_var = torch.where(dec[:, None], lo, hi).expand_as(x0)
-    else:
-        log_var = lo.expand_as(x0)
-    diff2 = (tab.c1[tt][:, None] * (x0 - x0_hat)).pow(2)
-    log_post = tab.log_post[tt][:, None]
-    kl = 0.5 * (-1.0 + log_var - log_post + torch.exp(log_post - log_var) + diff2 * torch.exp(-log_var))
-    nll = discretized_gaussian_nll(x0, x0_hat, log_var, NUM_BINS)
-    return torch.where(dec[:, None], nll, kl).mean(dim=1) / LN2
-
-
-def _x0_hat(tab: ScheduleTable, t: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Clipped x^_0 from epsilon, float64 (B, 64)."""
-    ab = tab.alpha_bar[t][:, None]
-    return ((x_t.double() - (1.0 - ab).sqrt() * eps.double()) / ab.sqrt()).clamp(-1.0, 1.0)
-
-
-class QuickELBO:
-    """A fixed-noise, stratified ELBO estimate on held-out data, for comparing checkpoints.
-
-    Every image gets one t in each of ``strata`` equal slices of 2..T and the decoder term at t = 1; noise and
-    t are drawn once, so differences between checkpoints are not masked by Monte-Carlo noise.
-    ELBO ~= prior(T) + decoder + sum_j (slice width) L(t_j, t_j - 1), bits/dim.
-    """
-
-    def __init__(self, sched: NoiseSchedule, data: torch.Tensor, strata: int = 32, seed: int = 1234,
-                 device: torch.device | str = "cpu") -> None:
-        gen = torch.Generator().manual_seed(seed)
-        N = data.shape[0]
-        edges = np.linspace(2, sched.T + 1, strata + 1).round().astype(np.int64)
-        width = torch.as_tensor(np.diff(edges), dtype=torch.float64)
-        lo = torch.as_tensor(edges[:-1])
-        t = lo[None, :] + (torch.rand(N, strata, generator=gen) * width[None, :]).long()
-        self.t = torch.cat([torch.ones(N, 1, dtype=torch.long), t], dim=1).reshape(-1).to(device)
-        self.weight = torch.cat([torch.ones(1, dtype=torch.float64), width]).to(device)  # per column
-        self.cols = strata + 1
-        self.x0 = data.reshape(N, 1, -1).expand(N, self.cols, 64).reshape(-1, 64).double().to(device)
-        ab = torch.tensor(sched.alpha_bar, device=device)[self.t][:, None]
-        noise = torch.randn(self.x0.shape, generator=gen, dtype=torch.float64).to(device)
-        self.x_t = (ab.sqrt() * self.x0 + (1.0 - ab).sqrt() * noise).float()
-        self.prior = float(prior_bpd(sched, sched.T, data.double()).mean())
-        self.tab = ScheduleTable(sched, torch.device(device))
-        self.N = N
-
-    @torch.no_grad()
-    def __call__(self, model: DDPM, variances: tuple[str, ...], batch_size: int = 4096) -> dict[str, float]:
-        """Quick ELBO (bits/dim) for each variance kind read from the same network outputs."""
-        totals = {k: torch.zeros((), dtype=torch.float64) for k in variances}
-        for a in range(0, self.t.shape[0], batch_size):
-            sl = slice(a, a + batch_size)
-            t, x_t, x0 = self.t[sl], self.x_t[sl], self.x0[sl]
-            eps, v = model.predict(x_t.reshape(-1, *DATA_SHAPE), t)
-            x0_hat = _x0_hat(self.tab, t, x_t, eps.reshape(-1, 64))
-            w = self.weight[torch.arange(a, a + len(t), device=t.device) % self.cols]
-            for k in variances:
-                vk = None if v is None else v.reshape(-1, 64)
-                totals[k] += (w * vlb_terms(self.tab, t, x0, x0_hat, vk, k)).sum().cpu()
-        return {k: self.prior + float(v) / self.N for k, v in totals.items()}
-
-
-def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None, final_eval: bool = True,
-          eval_data: str = "test", progress: bool = True) -> dict:
+def train(
+    recipe: Recipe,
+    out: Path,
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    final_eval: bool = True,
+    eval_data: str = "test",
+    progress: bool = True,
+) -> dict:
     """Train one model, keep the best EMA checkpoint on the selection split, write weights and card.
 
     Returns the model card (a dict, also written as JSON).
@@ -181,13 +102,12 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
     model = make_model(recipe).to(dev)
     net = model.net
     ema = copy.deepcopy(net).requires_grad_(False)
-    ema_model = DDPM(ema, model.schedule, model.variance, time_input="index", data_shape=DATA_SHAPE,
-                     num_bins=NUM_BINS)
+    ema_model = DDPM(ema, model.schedule, model.variance, time_input="index", data_shape=DATA_SHAPE, num_bins=NUM_BINS)
     sched = model.schedule
     tab = ScheduleTable(sched, dev)
     train_x = digits_split("train").to(dev).reshape(-1, 64)
     quick = QuickELBO(sched, digits_split("selection"), device=dev)
-    variances = ("learned_range",) if recipe.learn_sigma else ("fixed_small", "fixed_large")
+    variances: tuple[VarianceKind, ...] = ("learned_range",) if recipe.learn_sigma else ("fixed_small", "fixed_large")
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
 
     def lr_at(step: int) -> float:
@@ -208,13 +128,12 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
         x0 = train_x[idx]
         t = torch.randint(1, recipe.T + 1, (recipe.batch_size,), generator=gen, device=dev)
         noise = torch.randn(x0.shape, generator=gen, device=dev)
-        ab = tab.alpha_bar[t][:, None]
-        x_t = (ab.sqrt() * x0.double() + (1.0 - ab).sqrt() * noise.double()).float()
+        x_t = q_sample(sched, t, x0, noise).float()
         pred = net(x_t.reshape(-1, *DATA_SHAPE), t - 1).reshape(recipe.batch_size, -1, 64)
         eps = pred[:, 0]
         loss = (eps - noise).pow(2).mean()
         if recipe.learn_sigma:  # L_vlb trains only the variance: the mean is detached
-            x0_hat = _x0_hat(tab, t, x_t, eps.detach())
+            x0_hat = predict_x0(sched, t, x_t, eps.detach(), clip=True)
             vb = vlb_terms(tab, t, x0.double(), x0_hat, pred[:, 1], "learned_range")
             loss = loss + (recipe.vlb_weight * recipe.T) * vb.mean().float()
         for g in opt.param_groups:
@@ -248,22 +167,44 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
     card = {
         "name": recipe.name,
         "paper": "Watson et al. 2021 (arXiv 2106.03802), models as Nichol & Dhariwal 2021",
-        "data": {"source": "sklearn.datasets.load_digits", "scaling": "x / 8 - 1", "num_bins": NUM_BINS,
-                 "shape": list(DATA_SHAPE), "split_seed": SPLIT_SEED, "split_sizes": SPLIT_SIZES,
-                 "split": "numpy.random.default_rng(0).permutation(1797): train, selection, test in order"},
-        "schedule": "cosine", "T": recipe.T, "variance": variance, "time_input": "index",
+        "data": {
+            "source": "sklearn.datasets.load_digits",
+            "scaling": "x / 8 - 1",
+            "num_bins": NUM_BINS,
+            "shape": list(DATA_SHAPE),
+            "split_seed": SPLIT_SEED,
+            "split_sizes": SPLIT_SIZES,
+            "split": "numpy.random.default_rng(0).permutation(1797): train, selection, test in order",
+        },
+        "schedule": "cosine",
+        "T": recipe.T,
+        "variance": variance,
+        "time_input": "index",
         "clip_denoised": True,
         "net": {"class": "dpddpm.digits.net.DigitsNet", **ema.config(), "parameters": count_parameters(ema)},
-        "training": {"loss": "L_hybrid = L_simple + 0.001 L_vlb (mean detached in L_vlb)" if recipe.learn_sigma
-                     else "L_simple (MSE of epsilon)", "steps": recipe.steps, "batch_size": recipe.batch_size,
-                     "optimizer": "Adam", "lr": recipe.lr, "warmup": recipe.warmup, "lr_decay": "cosine to 0",
-                     "grad_clip": 1.0, "ema_decay": recipe.ema_decay, "t_sampling": "uniform on 1..T",
-                     "seed": seed, "device": str(dev), "threads": torch.get_num_threads(),
-                     "train_time_s": round(train_time, 1), "selected_step": best[2],
-                     "selection": "EMA checkpoint with the lowest quick ELBO (stratified, fixed noise, 32 t's "
-                                  "+ decoder per image) on the selection split, evaluated every "
-                                  f"{recipe.eval_every} steps",
-                     "history": history},
+        "training": {
+            "loss": "L_hybrid = L_simple + 0.001 L_vlb (mean detached in L_vlb)"
+            if recipe.learn_sigma
+            else "L_simple (MSE of epsilon)",
+            "steps": recipe.steps,
+            "batch_size": recipe.batch_size,
+            "optimizer": "Adam",
+            "lr": recipe.lr,
+            "warmup": recipe.warmup,
+            "lr_decay": "cosine to 0",
+            "grad_clip": 1.0,
+            "ema_decay": recipe.ema_decay,
+            "t_sampling": "uniform on 1..T",
+            "seed": seed,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "train_time_s": round(train_time, 1),
+            "selected_step": best[2],
+            "selection": "EMA checkpoint with the lowest quick ELBO (stratified, fixed noise, 32 t's "
+            "+ decoder per image) on the selection split, evaluated every "
+            f"{recipe.eval_every} steps",
+            "history": history,
+        },
         "selection_quick_elbo_bpd": quick_best,
     }
     if final_eval:
@@ -275,17 +216,26 @@ def train(recipe: Recipe, out: Path, *, seed: int = 0, device: str | None = None
             est = elbo(m, test, full, batch_size=512, seed=seed + 1)
             results[k] = {"bpd": est.bpd, "stderr": est.stderr}
         base, base_se = categorical_baseline_bpd(digits_split("train"), test)
-        card["test_elbo"] = {"split": eval_data, "N": int(test.shape[0]), "K": recipe.T, "fresh_noise_seed": seed + 1,
-                             "bpd": results[variance]["bpd"], "stderr": results[variance]["stderr"],
-                             "by_variance": results}
-        card["baseline_categorical_bpd"] = {"bpd": base, "stderr": base_se,
-                                            "model": "independent per-pixel categorical, add-one smoothing, "
-                                                     "fit on train"}
+        card["test_elbo"] = {
+            "split": eval_data,
+            "N": int(test.shape[0]),
+            "K": recipe.T,
+            "fresh_noise_seed": seed + 1,
+            "bpd": results[variance]["bpd"],
+            "stderr": results[variance]["stderr"],
+            "by_variance": results,
+        }
+        card["baseline_categorical_bpd"] = {
+            "bpd": base,
+            "stderr": base_se,
+            "model": "independent per-pixel categorical, add-one smoothing, fit on train",
+        }
         if not recipe.learn_sigma:
             card["variance_choice"] = (
                 f"{variance}: lower quick ELBO on the selection split "
                 f"({', '.join(f'{k} {v:.4f}' for k, v in quick_best.items())}); full-chain test ELBOs of both "
-                "are in test_elbo.by_variance")
+                "are in test_elbo.by_variance"
+            )
     card["total_time_s"] = round(time.time() - start, 1)
     out = Path(out)
     state = {k: v.detach().float().cpu().contiguous() for k, v in ema.state_dict().items()}
@@ -310,8 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = copy.replace(RECIPES[args.name]) if hasattr(copy, "replace") else copy.copy(RECIPES[args.name])
-    for field, value in (("steps", args.steps), ("batch_size", args.batch_size), ("eval_every", args.eval_every),
-                         ("dropout", args.dropout), ("warmup", args.warmup)):
+    for field, value in (
+        ("steps", args.steps),
+        ("batch_size", args.batch_size),
+        ("eval_every", args.eval_every),
+        ("dropout", args.dropout),
+        ("warmup", args.warmup),
+    ):
         if value is not None:
             setattr(recipe, field, value)
     card = train(recipe, args.out, seed=args.seed, device=args.device, final_eval=not args.no_final_eval)

@@ -1,0 +1,135 @@
+"""The Gaussian formulas of a DDPM, each written once, on float64 tensors.
+
+With a_t = alpha_bar_t:
+
+    q_sample                   x_t  = sqrt(a_t) x_0 + sqrt(1 - a_t) eps          the forward process q(x_t | x_0)
+    predict_x0                 x^_0 = (x_t - sqrt(1 - a_t) eps^) / sqrt(a_t)     the model's estimate of x_0
+    predict_eps                eps^ = (x_t - sqrt(a_t) x^_0) / sqrt(1 - a_t)     its inverse
+    model_log_variance         log sigma^2 of a reverse step, for each variance kind; learned_range:
+                               f log_max + (1 - f) log_min with f = range_fraction(v) = (v + 1) / 2
+    normal_kl                  KL between two Gaussians, nats per element
+    discretized_gaussian_nll   -log P(x_0) of a Gaussian integrated over the data's bins, nats per element
+
+A step t is an int (one step for the whole batch) or a (B,) long tensor (each sample its own step, as in training).
+Every value is float64; an int t takes its coefficients as Python floats, a tensor t as (B, 1, ..., 1) tensors,
+and both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .schedule import NoiseSchedule
+from .types import VARIANCE_KINDS, Steps, VarianceKind
+
+Scalar = float | torch.Tensor  # a float, or a float64 tensor that broadcasts against the data
+
+
+def _sqrt_alpha_bars(sched: NoiseSchedule, t: Steps, like: torch.Tensor) -> tuple[Scalar, Scalar]:
+    """(sqrt(a_t), sqrt(1 - a_t)) in float64: floats for an int t, (B, 1, ..., 1) tensors for a (B,) tensor t.
+
+    ``like`` is the (B, ...) data they multiply; it gives the device and the number of dimensions.
+    """
+    if isinstance(t, torch.Tensor) and t.ndim == 1:
+        a = torch.tensor(sched.alpha_bar, device=like.device)[t.to(like.device)]  # a copy: alpha_bar is read-only
+        a = a.reshape(-1, *([1] * (like.ndim - 1)))
+        return a.sqrt(), (1.0 - a).sqrt()
+    a = float(sched.alpha_bar[int(t)])
+    return math.sqrt(a), math.sqrt(1.0 - a)
+
+
+def q_sample(sched: NoiseSchedule, t: Steps, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A draw of q(x_t | x_0): sqrt(a_t) x_0 + sqrt(1 - a_t) noise, float64 of x0's shape (B, ...).
+
+    The network takes float32: callers round with ``.float()`` and form x^_0 from that rounded x_t, so that the
+    costs describe the very input the network saw.
+    """
+    signal, sigma = _sqrt_alpha_bars(sched, t, x0)
+    return signal * x0.double() + sigma * noise.double()
+
+
+def predict_x0(sched: NoiseSchedule, t: Steps, x_t: torch.Tensor, eps: torch.Tensor, clip: bool) -> torch.Tensor:
+    """x^_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), float64 of x_t's shape (B, ...), clipped to [-1, 1] if ``clip``."""
+    signal, sigma = _sqrt_alpha_bars(sched, t, x_t)
+    x0 = (x_t.double() - sigma * eps.double()) / signal
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def predict_eps(sched: NoiseSchedule, t: Steps, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The epsilon that maps x0 to x_t: (x_t - sqrt(a_t) x0) / sqrt(1 - a_t), float64 (B, ...)."""
+    signal, sigma = _sqrt_alpha_bars(sched, t, x_t)
+    return (x_t.double() - signal * x0.double()) / sigma
+
+
+def range_fraction(v: torch.Tensor) -> torch.Tensor:
+    """f = (v + 1) / 2 in float64: where the learned log-variance sits in its range (never clamped, as in the
+    source code; f can leave [0, 1])."""
+    return (v.double() + 1.0) / 2.0
+
+
+def model_log_variance(
+    variance: VarianceKind,
+    log_min: Scalar,
+    log_max: Scalar,
+    f: torch.Tensor | None = None,
+    *,
+    decoder: bool | torch.Tensor = False,
+) -> Scalar:
+    """log sigma^2 of the model's reverse step, from the ends of its range.
+
+    Args:
+        variance: ``fixed_small`` gives log_min; ``fixed_large`` log_max, except on the decoder, where it also
+            gives log_min (improved-diffusion's fixed_large puts beta~ at index 0); ``learned_range``
+            f log_max + (1 - f) log_min, per element.
+        log_min: log beta~_{s|t}, the true posterior's variance (decoder: log beta~_{1|u}).
+        log_max: log beta_{t|s} (decoder: log(1 - alpha_bar_1)).
+        f: :func:`range_fraction` of the network's variance output, needed for ``learned_range``.
+        decoder: whether the step is the decoder 1 -> 0; a bool tensor that broadcasts against the bounds for a
+            batch that mixes decoder and other steps.
+    Returns:
+        a float or float64 tensor that broadcasts against the data (per element for ``learned_range``).
+    """
+    if variance == "fixed_small":
+        return log_min
+    if variance == "fixed_large":
+        if isinstance(decoder, torch.Tensor):
+            return torch.where(decoder, log_min, log_max)
+        return log_min if decoder else log_max
+    if variance == "learned_range":
+        if f is None:
+            raise ValueError("learned_range needs the network's variance output v (f = (v + 1) / 2)")
+        return f * log_max + (1.0 - f) * log_min
+    raise ValueError(f"unknown variance kind {variance!r}; expected one of {VARIANCE_KINDS}")
+
+
+def normal_kl(mean_diff: torch.Tensor, log_var_q: Scalar, log_var_p: Scalar) -> torch.Tensor:
+    """KL(N(m_q, exp(log_var_q)) || N(m_p, exp(log_var_p))) per element, in nats (improved-diffusion's normal_kl).
+
+    mean_diff = m_q - m_p; all arguments broadcast, and log_var_p must be a tensor where log_var_q is a float.
+    """
+    return 0.5 * (
+        -1.0 + log_var_p - log_var_q + torch.exp(log_var_q - log_var_p) + mean_diff.pow(2) * torch.exp(-log_var_p)
+    )
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of the standard normal CDF used by Ho et al. and improved-diffusion."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: Scalar, num_bins: int) -> torch.Tensor:
+    """-log P(x_0) per element, in nats, for a Gaussian integrated over the data's bins.
+
+    x_0 lies on ``num_bins`` levels in [-1, 1]; each bin has half-width 1 / (num_bins - 1), and the two edge
+    bins take the CDF tails. Shapes broadcast; the result has the broadcast shape.
+    """
+    half = 1.0 / (num_bins - 1)
+    inv_std = torch.exp(-0.5 * torch.as_tensor(log_var, dtype=torch.float64, device=x0.device))
+    centered = x0 - mean
+    edge = 1.0 - half / 2  # any value between the outermost level and its neighbour
+    # The outermost bins extend to -inf and +inf: take the CDF tail there. One log per element.
+    upper = torch.where(x0 > edge, 1.0, approx_standard_normal_cdf(inv_std * (centered + half)))
+    lower = torch.where(x0 < -edge, 0.0, approx_standard_normal_cdf(inv_std * (centered - half)))
+    return -torch.log((upper - lower).clamp(min=1e-12))
