@@ -15,6 +15,7 @@ the same images: use :meth:`ELBOEstimate.paired_stderr`.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,10 @@ import torch
 from .costmatrix import CostMatrix
 from .costs import _autocast, row_generator
 from .fingerprint import data_fingerprint, model_fingerprint
+from .gaussian import q_sample
 from .model import DDPM, resolve_device
 from .terms import edge_bpd, prior_bpd
+from .types import Schedule
 from .validation import check_data, check_schedule
 
 
@@ -49,12 +52,14 @@ class ELBOEstimate:
     def __iter__(self):  # so that ``mean, stderr = elbo(...)`` works
         return iter((self.bpd, self.stderr))
 
-    def paired_stderr(self, other: "ELBOEstimate") -> float:
+    def paired_stderr(self, other: ELBOEstimate) -> float:
         """Standard error of ``self.bpd - other.bpd`` when both were estimated on the same images, in the same
         order: the standard error of the per-image differences (their shared image-to-image spread cancels)."""
         if self.per_sample.shape != other.per_sample.shape:
-            raise ValueError(f"paired errors need estimates on the same images, got {self.per_sample.shape[0]} "
-                             f"and {other.per_sample.shape[0]} data points")
+            raise ValueError(
+                f"paired errors need estimates on the same images, got {self.per_sample.shape[0]} "
+                f"and {other.per_sample.shape[0]} data points"
+            )
         return _stderr(self.per_sample - other.per_sample)
 
     def __repr__(self) -> str:
@@ -72,8 +77,14 @@ def _estimate(terms: np.ndarray, schedule: np.ndarray) -> ELBOEstimate:
     return ELBOEstimate(float(per_sample.mean()), _stderr(per_sample), per_sample, terms.mean(axis=0), schedule)
 
 
-def _edge_terms(model: DDPM, x0: torch.Tensor, x_t: list[torch.Tensor], edges: list[tuple[int, int]],
-                t_above: int, amp) -> list[np.ndarray]:
+def _edge_terms(
+    model: DDPM,
+    x0: torch.Tensor,
+    x_t: list[torch.Tensor],
+    edges: list[tuple[int, int]],
+    t_above: int,
+    amp: AbstractContextManager,
+) -> list[np.ndarray]:
     """Per-sample costs of several edges in one network call.
 
     x0: (B, *data_shape) float64; x_t: one float32 (B, *data_shape) input per edge (t, s); s = 0 is the decoder,
@@ -86,16 +97,24 @@ def _edge_terms(model: DDPM, x0: torch.Tensor, x_t: list[torch.Tensor], edges: l
     out = []
     for j, (t, s) in enumerate(edges):
         sl = slice(j * B, (j + 1) * B)
-        out.append(edge_bpd(model.schedule, t, s, x0, x_t[j].double(), eps[sl], None if v is None else v[sl],
-                            variance=model.variance, t_above=t_above if s == 0 else None,
-                            num_bins=model.num_bins, clip_denoised=model.clip_denoised).cpu().numpy())
+        out.append(
+            edge_bpd(
+                model.schedule,
+                t,
+                s,
+                x0,
+                x_t[j].double(),
+                eps[sl],
+                None if v is None else v[sl],
+                variance=model.variance,
+                t_above=t_above if s == 0 else None,
+                num_bins=model.num_bins,
+                clip_denoised=model.clip_denoised,
+            )
+            .cpu()
+            .numpy()
+        )
     return out
-
-
-def _noisy(model: DDPM, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise in float64, rounded to the net's float32 input."""
-    ab = float(model.schedule.alpha_bar[t])
-    return (math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise).float()
 
 
 def _edges(sched_t: np.ndarray) -> list[tuple[int, int]]:
@@ -115,7 +134,7 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 def elbo(
     model: DDPM,
     data: torch.Tensor,
-    schedule,
+    schedule: Schedule,
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
@@ -141,14 +160,16 @@ def elbo(
     terms = np.zeros((N, len(sched_t) + 1))
     bar = _progress_bar(progress, N * len(sched_t), "elbo")
     for a in range(0, N, batch_size):
-        x0 = data[a:a + batch_size].to(device=device, dtype=torch.float64)
+        x0 = data[a : a + batch_size].to(device=device, dtype=torch.float64)
         b = a + len(x0)
         terms[a:b, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0).cpu().numpy()
         per_call = max(1, batch_size // len(x0))
         for first in range(0, len(edges), per_call):
-            group = edges[first:first + per_call]
-            x_t = [_noisy(model, x0, t, torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64))
-                   for t, _ in group]
+            group = edges[first : first + per_call]
+            x_t = []
+            for t, _ in group:  # noised in float64, rounded to the network's float32 input
+                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
+                x_t.append(q_sample(model.schedule, t, x0, noise).float())
             for j, values in enumerate(_edge_terms(model, x0, x_t, group, int(sched_t[-2]), _autocast(None, device))):
                 terms[a:b, first + j + 1] = values
             if bar is not None:
@@ -163,7 +184,7 @@ def in_sample_elbo(
     model: DDPM,
     data: torch.Tensor,
     costs: CostMatrix,
-    schedule,
+    schedule: Schedule,
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
@@ -203,11 +224,13 @@ def in_sample_elbo(
     chunk = min(N, int(batch_size))
     per_call = max(1, int(batch_size) // chunk)  # small data: several rows share one network call
     for first in range(0, len(edges), per_call):
-        group = edges[first:first + per_call]
-        # exactly the draws of cost_matrix for these rows: one (N, D) tensor from each row's generator
-        x_t = [_noisy(model, x0_all, t, torch.randn(N, D, generator=row_generator(meta["seed"], t, device),
-                                                     device=device, dtype=torch.float64).reshape(x0_all.shape))
-               for t, _ in group]
+        group = edges[first : first + per_call]
+        x_t = []
+        for t, _ in group:  # exactly cost_matrix's draws for these rows: one (N, D) tensor from each row's generator
+            noise = torch.randn(
+                N, D, generator=row_generator(meta["seed"], t, device), device=device, dtype=torch.float64
+            )
+            x_t.append(q_sample(model.schedule, t, x0_all, noise.reshape(x0_all.shape)).float())
         for a in range(0, N, chunk):
             b = min(a + chunk, N)
             values = _edge_terms(model, x0_all[a:b], [x[a:b] for x in x_t], group, int(sched_t[-2]), amp)
@@ -220,35 +243,64 @@ def in_sample_elbo(
     return _estimate(terms, sched_t)
 
 
-def _replayable_meta(model: DDPM, data: torch.Tensor, costs: CostMatrix, sched_t: np.ndarray,
-                     device: torch.device) -> dict:
-    """The matrix's metadata after checking that its rows can be replayed with this model, data and device."""
-    meta = costs.meta
+def _replayable_meta(
+    model: DDPM, data: torch.Tensor, costs: CostMatrix, sched_t: np.ndarray, device: torch.device
+) -> dict:
+    """The matrix's run info (as a ``meta`` dict) after checking that its rows can be replayed with this model,
+    data and device."""
+    info = costs.info
     if costs.T != model.T:
         raise ValueError(f"the cost matrix has T = {costs.T} but the model has T = {model.T}")
-    if meta.get("data_shards"):
-        raise ValueError("this cost matrix was merged from data shards, whose noise cannot be replayed on one data "
-                         "set; compute in-sample ELBOs on each shard's own matrix")
-    needed = ("seed", "N", "data_fingerprint", "weights_fingerprint", "noise_device")
-    missing = [k for k in needed if meta.get(k) is None]
+    if info.data_shards:
+        raise ValueError(
+            "this cost matrix was merged from data shards, whose noise cannot be replayed on one data "
+            "set; compute in-sample ELBOs on each shard's own matrix"
+        )
+    missing = info.missing(
+        (
+            "variance",
+            "num_bins",
+            "clip_denoised",
+            "seed",
+            "N",
+            "data_fingerprint",
+            "weights_fingerprint",
+            "noise_device",
+        )
+    )
     if missing:
-        raise ValueError(f"the cost matrix records no {', '.join(missing)} (hand-built, or written by an older "
-                         f"dpddpm), so its noise cannot be replayed; recompute it with dpddpm.cost_matrix")
-    for key, ours, what in (("variance", model.variance, "variance kind"), ("num_bins", model.num_bins, "num_bins"),
-                            ("clip_denoised", model.clip_denoised, "clip_denoised"),
-                            ("weights_fingerprint", model_fingerprint(model), "weights")):
-        if key in meta and meta[key] != ours:
-            raise ValueError(f"the cost matrix was computed by another model: its {what} is {meta[key]!r}, this "
-                             f"model's is {ours!r}")
-    if int(meta["N"]) != data.shape[0] or meta["data_fingerprint"] != data_fingerprint(data, model.num_bins):
-        raise ValueError(f"these are not the cost matrix's images: it was computed on {meta['N']} images with "
-                         f"fingerprint {meta['data_fingerprint']}, these are {data.shape[0]} images with fingerprint "
-                         f"{data_fingerprint(data, model.num_bins)} (same images, same order are needed)")
-    if device.type != meta["noise_device"]:
-        raise ValueError(f"the cost matrix drew its noise on {meta['noise_device']!r}; replay it with "
-                         f"device={meta['noise_device']!r} (this call runs on {device.type!r})")
+        raise ValueError(
+            f"the cost matrix records no {', '.join(missing)} (hand-built, or written by an older "
+            f"dpddpm), so its noise cannot be replayed; recompute it with dpddpm.cost_matrix"
+        )
+    ours = info.replace(
+        variance=model.variance,
+        num_bins=model.num_bins,
+        clip_denoised=model.clip_denoised,
+        weights_fingerprint=model_fingerprint(model),
+        N=data.shape[0],
+        data_fingerprint=data_fingerprint(data, model.num_bins),
+        noise_device=device.type,
+    )
+    wrong = info.differences(ours, ("variance", "num_bins", "clip_denoised", "weights_fingerprint"))
+    if wrong:
+        raise ValueError(
+            f"the cost matrix was computed by another model "
+            f"({info.describe(ours, wrong, 'the cost matrix', 'this model')})"
+        )
+    if info.differences(ours, ("N", "data_fingerprint")):
+        raise ValueError(
+            f"these are not the cost matrix's images: it was computed on {info.N} images with "
+            f"fingerprint {info.data_fingerprint}, these are {ours.N} images with fingerprint "
+            f"{ours.data_fingerprint} (same images, same order are needed)"
+        )
+    if info.differences(ours, ("noise_device",)):
+        raise ValueError(
+            f"the cost matrix drew its noise on {info.noise_device!r}; replay it with "
+            f"device={info.noise_device!r} (this call runs on {device.type!r})"
+        )
     rows = list(sched_t[:-1]) + [1]
     missing_rows = [int(t) for t in rows if not costs.rows_done[t]]
     if missing_rows:
         raise ValueError(f"the schedule needs rows {missing_rows} that this partial cost matrix lacks")
-    return meta
+    return dict(costs.meta)

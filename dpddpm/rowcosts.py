@@ -24,47 +24,13 @@ import math
 import numpy as np
 import torch
 
+from .gaussian import discretized_gaussian_nll, model_log_variance, range_fraction
 from .schedule import NoiseSchedule
-from .terms import LN2, discretized_gaussian_nll
+from .stats import RowStats
+from .terms import LN2
+from .types import VarianceKind
 
 F64 = torch.float64
-
-
-class RowStats:
-    """Running count, mean and M2 (sum of squared deviations) of per-sample values, shape (S,)."""
-
-    def __init__(self, size: int, device: torch.device) -> None:
-        self.n = 0
-        self.mean = torch.zeros(size, dtype=F64, device=device)
-        self.m2 = torch.zeros(size, dtype=F64, device=device)
-
-    def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """Merge a batch of n samples with batch mean and batch M2."""
-        tot = self.n + n
-        delta = mean - self.mean
-        self.mean += delta * (n / tot)
-        self.m2 += m2 + delta.pow(2) * (self.n * n / tot)
-        self.n = tot
-
-    def add_samples(self, values: torch.Tensor) -> None:
-        """Merge per-sample values of shape (n, S)."""
-        mean = values.mean(dim=0)
-        self.add(values.shape[0], mean, (values - mean).pow(2).sum(dim=0))
-
-    def add_affine(self, features: torch.Tensor, coef: torch.Tensor, const: torch.Tensor) -> None:
-        """Merge values ``const + features @ coef`` without forming them: features (n, F), coef (F, S)."""
-        n = features.shape[0]
-        fmean = features.mean(dim=0)
-        centered = features - fmean
-        gram = centered.T @ centered  # (F, F)
-        self.add(n, const + fmean @ coef, ((gram @ coef) * coef).sum(dim=0).clamp(min=0.0))
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, standard error of the mean) as float64 numpy arrays."""
-        mean = self.mean.cpu().numpy()
-        if self.n < 2:
-            return mean, np.full_like(mean, np.nan)
-        return mean, np.sqrt(self.m2.cpu().numpy() / (self.n * (self.n - 1)))
 
 
 def chebyshev_degree(spread: float) -> int:
@@ -100,14 +66,19 @@ def chebyshev_moments(y: torch.Tensor, weights: torch.Tensor, n: int) -> tuple[t
 
 
 class KLRow:
-    """Edge costs L(t, s) for s = 1 .. t-1 of one row t >= 2, from per-sample network outputs."""
+    """Edge costs L(t, s) for s = 1 .. t-1 of one row t >= 2, from per-sample network outputs.
 
-    def __init__(self, sched: NoiseSchedule, t: int, variance: str, dims: int, device: torch.device) -> None:
+    Names as in the book's chapter 3: delta = Delta_s, r = r_s; for learned_range, [lo, hi] the span of f,
+    y = (f - m) / h on [-1, 1], n Chebyshev terms, xs = f Delta_s at the nodes, A = a_sk and B = b_sk the
+    coefficients of phi_s(f) and exp(-f Delta_s), M = M_k and W = W_k the per-sample moments.
+    """
+
+    def __init__(self, sched: NoiseSchedule, t: int, variance: VarianceKind, dims: int, device: torch.device) -> None:
         self.t, self.variance, self.dims = t, variance, dims
         s = np.arange(1, t)
         j = sched.jump(t, s)
-        self.delta = torch.as_tensor(np.log(j.beta / j.beta_post), device=device)  # (t-1,), >= 0
-        self.ratio = torch.as_tensor(j.c1**2 / j.beta_post, device=device)  # r_s
+        self.delta = torch.as_tensor(np.log(j.beta / j.beta_post), device=device)  # Delta_s, (t-1,), >= 0
+        self.r = torch.as_tensor(j.c1**2 / j.beta_post, device=device)  # r_s, (t-1,)
         self.stats = RowStats(t - 1, device)
         self.scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
 
@@ -119,38 +90,45 @@ class KLRow:
         sq = err2.sum(dim=1, keepdim=True)  # (B, 1)
         if self.variance == "fixed_small":  # sigma^2 = beta~: KL = 0.5 r e^2
             const = torch.zeros_like(self.delta)
-            coef = self.ratio
+            coef = self.r
         else:  # fixed_large, sigma^2 = beta: KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
             const = self.scale * self.dims * (self.delta + torch.expm1(-self.delta))
-            coef = self.ratio * torch.exp(-self.delta)
+            coef = self.r * torch.exp(-self.delta)
         self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
 
     def _add_learned(self, err2: torch.Tensor, v: torch.Tensor) -> None:
-        f = (v.double().reshape(v.shape[0], -1) + 1.0) / 2.0
+        f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
         lo, hi = float(f.min()), float(f.max())
         if hi - lo < 1e-6:  # widen a degenerate interval; the expansion stays exact
             lo, hi = lo - 1e-3, hi + 1e-3
-        mid, half = (hi + lo) / 2, (hi - lo) / 2
-        n = chebyshev_degree(float(self.delta.max()) * half)
-        nodes = mid + half * torch.cos(math.pi * (torch.arange(n, dtype=F64, device=f.device) + 0.5) / n)
-        x = self.delta[:, None] * nodes[None, :]  # (t-1, n): f Delta at the nodes
-        phi = chebyshev_coefficients(x + torch.expm1(-x))  # (t-1, n)
-        decay = chebyshev_coefficients(torch.exp(-x)) * self.ratio[:, None]
-        plain, weighted = chebyshev_moments((f - mid) / half, err2, n)
-        features = torch.cat([plain, weighted], dim=1)  # (B, 2n)
-        coef = torch.cat([phi, decay], dim=1).T * self.scale  # (2n, t-1)
-        self.stats.add_affine(features, coef, torch.zeros_like(self.delta))
+        m, h = (hi + lo) / 2, (hi - lo) / 2
+        n = chebyshev_degree(float(self.delta.max()) * h)
+        y_nodes = torch.cos(math.pi * (torch.arange(n, dtype=F64, device=f.device) + 0.5) / n)
+        xs = self.delta[:, None] * (m + h * y_nodes)[None, :]  # (t-1, n): f Delta_s at the nodes
+        A = chebyshev_coefficients(xs + torch.expm1(-xs))  # (t-1, n): phi_s(f) = sum_k a_sk T_k(y)
+        B = chebyshev_coefficients(torch.exp(-xs))  # (t-1, n): exp(-f Delta_s) = sum_k b_sk T_k(y)
+        M, W = chebyshev_moments((f - m) / h, err2, n)  # (batch, n): sum_d T_k(y_d), sum_d e_d^2 T_k(y_d)
+        # sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k): the row is one matrix product
+        coef = torch.cat([A, B * self.r[:, None]], dim=1).T * self.scale  # (2n, t-1)
+        self.stats.add_affine(torch.cat([M, W], dim=1), coef, torch.zeros_like(self.delta))
 
 
 class DecoderRow:
     """decoder[u] = -log p(x_0 | x_1) for every next kept time u = 2 .. T, from outputs at t = 1."""
 
-    def __init__(self, sched: NoiseSchedule, variance: str, num_bins: int, device: torch.device,
-                 chunk_elements: int | None = None) -> None:
+    def __init__(
+        self,
+        sched: NoiseSchedule,
+        variance: VarianceKind,
+        num_bins: int,
+        device: torch.device,
+        chunk_elements: int | None = None,
+    ) -> None:
         T = sched.T
         u = np.arange(2, T + 1)
+        # the ends of the decoder's variance range: log beta~_{1|u} per u, and log(1 - alpha_bar_1)
         self.log_post = torch.as_tensor(np.log(sched.jump(u, 1).beta_post), device=device)  # (T-1,)
-        self.log_beta1 = math.log(1.0 - float(sched.alpha_bar[1]))
+        self.log_max = math.log(1.0 - float(sched.alpha_bar[1]))
         if chunk_elements is None:  # cache-sized chunks on a CPU (5x faster measured), few launches on a GPU
             chunk_elements = 1 << 18 if torch.device(device).type == "cpu" else 1 << 24
         self.variance, self.num_bins, self.chunk_elements = variance, num_bins, chunk_elements
@@ -159,12 +137,12 @@ class DecoderRow:
     def add(self, x0: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None) -> None:
         """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None."""
         B, D = x0.shape
-        f = None if v is None else ((v.double().reshape(B, -1) + 1.0) / 2.0)[:, :, None]
+        f = None if v is None else range_fraction(v.reshape(B, -1))[:, :, None]  # once, not per chunk
         step = max(1, self.chunk_elements // max(B * D, 1))
         nll = torch.empty(B, self.log_post.shape[0], dtype=F64, device=x0.device)
         for a in range(0, self.log_post.shape[0], step):
-            lo = self.log_post[a:a + step][None, None, :]  # (1, 1, U)
-            log_var = lo if f is None else f * self.log_beta1 + (1.0 - f) * lo
+            lo = self.log_post[a : a + step][None, None, :]  # (1, 1, U)
+            log_var = model_log_variance(self.variance, lo, self.log_max, f, decoder=True)
             per_dim = discretized_gaussian_nll(x0[:, :, None], x0_hat[:, :, None], log_var, self.num_bins)
-            nll[:, a:a + step] = per_dim.mean(dim=1) / LN2
+            nll[:, a : a + step] = per_dim.mean(dim=1) / LN2
         self.stats.add_samples(nll)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from toy_models import assert_costs_close, discrete_data, tiny_model
 
 import dpddpm
-from toy_models import assert_costs_close, discrete_data, tiny_model
 
 
 class _Stop:
@@ -38,8 +38,7 @@ def test_interrupt_and_resume_equals_full_run(tmp_path, variance):
 
     calls = []
     hook = model.net.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    resumed = dpddpm.cost_matrix(model, data, batch_size=7, progress=False, seed=5, checkpoint=ckpt,
-                                 resume=True)
+    resumed = dpddpm.cost_matrix(model, data, batch_size=7, progress=False, seed=5, checkpoint=ckpt, resume=True)
     hook.remove()
     assert sum(calls) == (~done[1:]).sum() * len(data)  # only the missing rows were computed
     assert_costs_close(resumed, full)
@@ -62,8 +61,14 @@ def test_resume_checks_metadata(tmp_path, change):
     ckpt = tmp_path / "c.npz"
     dpddpm.cost_matrix(model, discrete_data(4), progress=False, checkpoint=ckpt)
     with pytest.raises(ValueError, match="cannot resume"):
-        dpddpm.cost_matrix(model, discrete_data(change.get("n", 4)), progress=False, checkpoint=ckpt,
-                           resume=True, seed=change.get("seed", 0))
+        dpddpm.cost_matrix(
+            model,
+            discrete_data(change.get("n", 4)),
+            progress=False,
+            checkpoint=ckpt,
+            resume=True,
+            seed=change.get("seed", 0),
+        )
 
 
 def test_resume_checks_T(tmp_path):
@@ -131,7 +136,7 @@ def test_resume_refuses_a_checkpoint_without_fingerprints(tmp_path):
     model, data = tiny_model(T=6), discrete_data(4)
     ckpt = _checkpoint(tmp_path, model, data)
     old = dpddpm.CostMatrix.load(ckpt)
-    del old.meta["data_fingerprint"]
+    old.info = old.info.replace(data_fingerprint=None)  # as written by a dpddpm without fingerprints
     old.save(ckpt)
     with pytest.raises(ValueError, match="records no data_fingerprint"):
         dpddpm.cost_matrix(model, data, progress=False, checkpoint=ckpt, resume=True)
@@ -211,8 +216,9 @@ def test_concurrent_process_is_refused_and_sigterm_saves_finished_rows(tmp_path)
     partial = dpddpm.CostMatrix.load(ckpt)
     assert 0 < partial.rows_done.sum() < 400
     assert not lock_path(ckpt).exists() and not list(tmp_path.glob("*.tmp"))
-    resumed = dpddpm.cost_matrix(tiny_model(T=400), discrete_data(4), batch_size=4, progress=False,
-                                 checkpoint=ckpt, resume=True)
+    resumed = dpddpm.cost_matrix(
+        tiny_model(T=400), discrete_data(4), batch_size=4, progress=False, checkpoint=ckpt, resume=True
+    )
     assert resumed.is_complete
 
 
@@ -236,8 +242,9 @@ def test_sigkill_leaves_no_lock_and_stale_temp_files_are_removed(tmp_path):
     unrelated = tmp_path / ".other.npz.0123abcd.tmp"
     unrelated.write_bytes(b"y")
     # the killed run held the lock: a new run may start at once, and it clears the stale temp file
-    again = dpddpm.cost_matrix(tiny_model(T=400), discrete_data(4), batch_size=4, progress=False, checkpoint=ckpt,
-                               resume=True)
+    again = dpddpm.cost_matrix(
+        tiny_model(T=400), discrete_data(4), batch_size=4, progress=False, checkpoint=ckpt, resume=True
+    )
     assert again.is_complete
     assert not stale.exists() and unrelated.exists()
 
@@ -268,7 +275,13 @@ def test_files_of_the_first_format_still_load(tmp_path):
     kl[np.tril_indices(T + 1, -1)] = 1.0
     kl[:, 0] = np.nan
     path = tmp_path / "v1.npz"
-    np.savez(path, kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan, np.ones(T)],
-             counts=np.r_[0, np.full(T, 3)], meta=np.array(json.dumps({"T": T, "format_version": 1})))
+    np.savez(
+        path,
+        kl=kl,
+        decoder=np.r_[np.nan, np.nan, np.ones(T - 1)],
+        prior=np.r_[np.nan, np.ones(T)],
+        counts=np.r_[0, np.full(T, 3)],
+        meta=np.array(json.dumps({"T": T, "format_version": 1})),
+    )
     back = dpddpm.CostMatrix.load(path)
     assert back.is_complete and dpddpm.schedule_bpd(back, [5, 2, 1]) == pytest.approx(4.0)

@@ -1,0 +1,96 @@
+"""Pooled means and variances: one formula for the rows being computed and for the files being merged.
+
+Every statistic in a cost matrix is a mean over samples with its standard error. It is carried as
+(count n, mean, M2), M2 being the sum of squared deviations from the mean, and two such summaries of disjoint
+samples are pooled exactly with Chan et al.'s parallel formula (:func:`pool`): no second pass over the
+samples and no cancellation between large sums.
+
+- :class:`RowStats` accumulates one row on the device (torch) while the network runs, batch after batch.
+- :class:`Pool` pools the (mean, standard error, count) entries of finished matrices (numpy) when files merge.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+A = TypeVar("A", float, np.ndarray, torch.Tensor)  # any array type with elementwise arithmetic
+
+F64 = torch.float64
+
+
+def pool(n_a: A, mean_a: A, m2_a: A, n_b: A, mean_b: A, m2_b: A) -> tuple[A, A, A]:
+    """Chan et al.'s pooling of two summaries (count, mean, M2) of disjoint samples, elementwise.
+
+    Written with operators only, so it works on Python numbers, numpy arrays and torch tensors alike (counts
+    may be scalars or arrays that broadcast against the means). An empty side (count 0) leaves the other
+    unchanged; where both are empty the pooled mean is ``mean_a``.
+
+    Returns:
+        (n_a + n_b, pooled mean, pooled M2).
+    """
+    n = n_a + n_b
+    share = n_b / (n + (n == 0))  # n_b / n, and 0 where both sides are empty (no division by zero)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * share, m2_a + m2_b + delta * delta * (n_a * share)
+
+
+def standard_error(n, m2: np.ndarray) -> np.ndarray:
+    """Standard error of the mean, sqrt(M2 / (n (n - 1))); NaN where fewer than two samples. float64 numpy."""
+    n = np.asarray(n, dtype=np.float64)  # n (n - 1) is exact in float64 for any count that fits in memory
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 1, np.sqrt(m2 / (n * (n - 1))), np.nan)
+
+
+class RowStats:
+    """Running count, mean and M2 of per-sample values of shape (S,), kept in float64 on the device."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=F64, device=device)
+        self.m2 = torch.zeros(size, dtype=F64, device=device)
+
+    def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Merge a batch of n samples with batch mean (S,) and batch M2 (S,)."""
+        self.n, self.mean, self.m2 = pool(self.n, self.mean, self.m2, n, mean, m2)
+
+    def add_samples(self, values: torch.Tensor) -> None:
+        """Merge per-sample values of shape (n, S)."""
+        mean = values.mean(dim=0)
+        self.add(values.shape[0], mean, (values - mean).pow(2).sum(dim=0))
+
+    def add_affine(self, features: torch.Tensor, coef: torch.Tensor, const: torch.Tensor) -> None:
+        """Merge values ``const + features @ coef`` without forming them: features (n, F), coef (F, S)."""
+        n = features.shape[0]
+        fmean = features.mean(dim=0)
+        centered = features - fmean
+        gram = centered.T @ centered  # (F, F): the values' M2 is the quadratic form coef^T gram coef
+        self.add(n, const + fmean @ coef, ((gram @ coef) * coef).sum(dim=0).clamp(min=0.0))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard error of the mean) as float64 numpy arrays of shape (S,)."""
+        return self.mean.cpu().numpy(), standard_error(self.n, self.m2.cpu().numpy())
+
+
+class Pool:
+    """Pools estimates (mean, standard error, count) of disjoint samples elementwise: float64 numpy arrays.
+
+    A count of 0 marks an entry with no samples (its mean is ignored); a missing standard error counts as 0.
+    """
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0.0, 0.0, 0.0
+
+    def add(self, mean: np.ndarray, stderr: np.ndarray | None, n: np.ndarray) -> None:
+        """Pool in one estimate; ``n`` broadcasts against ``mean``."""
+        n = np.asarray(n, dtype=np.float64)
+        mean = np.where(n > 0, mean, 0.0)
+        se = np.zeros_like(mean) if stderr is None else np.where(n > 1, np.nan_to_num(stderr), 0.0)
+        m2 = se**2 * n * np.maximum(n - 1, 0)  # back from the standard error to the sum of squared deviations
+        self.n, self.mean, self.m2 = pool(self.n, self.mean, self.m2, n, mean, m2)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard error): NaN where no samples, and the error NaN where fewer than two."""
+        return np.where(self.n > 0, self.mean, np.nan), standard_error(self.n, self.m2)
