@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from common import pick_device, timed, write
 
 import dpddpm
-from common import pick_device, timed, write
 
 KS = (8, 16, 32, 64, 128, 256)
 
@@ -36,28 +35,42 @@ def main() -> None:
     else:
         model, name = dpddpm.load_pretrained("digits-hybrid"), "digits-hybrid"
         data = dpddpm.digits_split("selection")[: args.n]
-    run = lambda amp: dpddpm.cost_matrix(model, data, batch_size=args.batch_size, device=device,
-                                         progress=False, autocast=amp)
+    run = lambda amp: dpddpm.cost_matrix(
+        model, data, batch_size=args.batch_size, device=device, progress=False, autocast=amp
+    )
     fp32_s, fp32 = timed(lambda: run(None), device)
     bf16_s, bf16 = timed(lambda: run("bf16"), device)
     best32, best16 = dpddpm.optimal_schedules(fp32, max(KS)), dpddpm.optimal_schedules(bf16, max(KS))
     rows = []
     for K in KS:
         s32, s16 = best32.schedule(K), best16.schedule(K)
-        rows.append({
-            "K": K,
-            "fp32_optimum": best32.bpd(K),
-            "same_schedule_read_from_bf16": dpddpm.schedule_bpd(bf16, s32),
-            "bf16_choice_scored_in_fp32": dpddpm.schedule_bpd(fp32, s16),
-            "same_schedule_chosen": bool((len(s32) == len(s16)) and (s32 == s16).all()),
-        })
+        rows.append(
+            {
+                "K": K,
+                "fp32_optimum": best32.bpd(K),
+                "same_schedule_read_from_bf16": dpddpm.schedule_bpd(bf16, s32),
+                "bf16_choice_scored_in_fp32": dpddpm.schedule_bpd(fp32, s16),
+                "same_schedule_chosen": bool((len(s32) == len(s16)) and (s32 == s16).all()),
+            }
+        )
     diff_read = max(abs(r["same_schedule_read_from_bf16"] - r["fp32_optimum"]) for r in rows)
     diff_choice = max(r["bf16_choice_scored_in_fp32"] - r["fp32_optimum"] for r in rows)
-    write("bench_bf16", device, {
-        "model": name, "N": int(data.shape[0]), "fp32_cost_matrix_s": fp32_s, "bf16_cost_matrix_s": bf16_s,
-        "speedup": fp32_s / bf16_s, "max_abs_elbo_change_bpd": diff_read, "max_choice_loss_bpd": diff_choice,
-        "threshold_bpd": 0.01, "bf16_acceptable": bool(max(diff_read, diff_choice) < 0.01), "rows": rows,
-    })
+    write(
+        "bench_bf16",
+        device,
+        {
+            "model": name,
+            "N": int(data.shape[0]),
+            "fp32_cost_matrix_s": fp32_s,
+            "bf16_cost_matrix_s": bf16_s,
+            "speedup": fp32_s / bf16_s,
+            "max_abs_elbo_change_bpd": diff_read,
+            "max_choice_loss_bpd": diff_choice,
+            "threshold_bpd": 0.01,
+            "bf16_acceptable": bool(max(diff_read, diff_choice) < 0.01),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,25 +23,38 @@ import argparse
 
 import numpy as np
 import torch
+from common import pick_device, timed, write
 
 import dpddpm
-from common import pick_device, timed, write
-from dpddpm.reproduce import NetTimer
+from dpddpm.nettimer import NetTimer
 
 PRESET = "cifar10_uncond_50M_500K"
 
 
 def cifar_model(device: torch.device) -> dpddpm.DDPM:
     """The released CIFAR-10 architecture with random weights, wrapped as the loader wraps a checkpoint."""
-    from dpddpm.external.improved_diffusion import PRESETS, _improved_diffusion_schedule, build_improved_diffusion_unet, \
-        improved_diffusion_flags
+    from dpddpm.external.improved_diffusion import (
+        PRESETS,
+        _improved_diffusion_schedule,
+        build_improved_diffusion_unet,
+        improved_diffusion_flags,
+    )
 
     flags = improved_diffusion_flags(PRESET)
     torch.manual_seed(0)
     net = build_improved_diffusion_unet(**PRESETS[PRESET])
-    return dpddpm.DDPM(net, _improved_diffusion_schedule(flags), "learned_range",
-                       time_input="rescaled" if flags["rescale_timesteps"] else "index",
-                       data_shape=(3, 32, 32), num_bins=256).to(device).eval()
+    return (
+        dpddpm.DDPM(
+            net,
+            _improved_diffusion_schedule(flags),
+            "learned_range",
+            time_input="rescaled" if flags["rescale_timesteps"] else "index",
+            data_shape=(3, 32, 32),
+            num_bins=256,
+        )
+        .to(device)
+        .eval()
+    )
 
 
 def main() -> None:
@@ -63,12 +76,16 @@ def main() -> None:
     n_rows = args.rows or (T if cuda else 8)
     N = args.n or (256 if cuda else 16)
     bs = args.batch_size or (512 if cuda else 64)
-    rows = list(range(1, T + 1)) if n_rows >= T else \
-        sorted({int(r) for r in np.round(np.linspace(T / n_rows, T, n_rows))})
+    rows = (
+        list(range(1, T + 1)) if n_rows >= T else sorted({int(r) for r in np.round(np.linspace(T / n_rows, T, n_rows))})
+    )
     data = torch.randint(0, 256, (N, 3, 32, 32), generator=torch.Generator().manual_seed(0)).float() / 127.5 - 1
 
-    amp = torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]) \
-        if args.autocast else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast])
+        if args.autocast
+        else torch.autocast("cpu", enabled=False)
+    )
     total = len(rows) * N
     x = torch.randn(bs, 3, 32, 32, device=device)
     t = torch.tensor(rows, device=device).repeat_interleave(N)
@@ -82,28 +99,46 @@ def main() -> None:
     # warm-up (cudnn autotuning, allocator) on one batch of each kind
     with torch.no_grad(), amp:
         model.predict(x, t[:bs].clone().resize_(bs).fill_(T))
-    dpddpm.cost_matrix(model, data[: min(N, 2)], batch_size=bs, device=device, progress=False, rows=rows[-2:],
-                       autocast=args.autocast)
+    dpddpm.cost_matrix(
+        model, data[: min(N, 2)], batch_size=bs, device=device, progress=False, rows=rows[-2:], autocast=args.autocast
+    )
 
     net_s, _ = timed(network_only, device)
     with NetTimer(model.net) as in_run:  # the forward calls inside the cost-matrix run, timed one by one
-        cost_s, costs = timed(lambda: dpddpm.cost_matrix(model, data, batch_size=bs, device=device,
-                                                          progress=False, rows=rows, autocast=args.autocast), device)
+        cost_s, costs = timed(
+            lambda: dpddpm.cost_matrix(
+                model, data, batch_size=bs, device=device, progress=False, rows=rows, autocast=args.autocast
+            ),
+            device,
+        )
     net2_s, _ = timed(network_only, device)
     dec_s = None
-    if 1 not in rows:
-        dec_s, _ = timed(lambda: dpddpm.cost_matrix(model, data, batch_size=bs, device=device, progress=False,
-                                                     rows=[1], autocast=args.autocast), device)  # again, to see the drift of a shared machine
+    if 1 not in rows:  # again: the drift of a shared machine
+        dec_s, _ = timed(
+            lambda: dpddpm.cost_matrix(
+                model, data, batch_size=bs, device=device, progress=False, rows=[1], autocast=args.autocast
+            ),
+            device,
+        )
     result = {
-        "model": f"{PRESET} architecture, random weights", "T": T, "rows": len(rows),
+        "model": f"{PRESET} architecture, random weights",
+        "T": T,
+        "rows": len(rows),
         "row_choice": "all" if n_rows >= T else f"round(linspace({T}/{n_rows}, {T}, {n_rows}))",
-        "decoder_row_s": dec_s, "N": N, "batch_size": bs,
-        "autocast": args.autocast, "network_calls": total,
-        "cost_matrix_s": cost_s, "network_only_s": net_s, "network_only_repeat_s": net2_s,
-        "cost_matrix_network_s": in_run.seconds, "ratio_in_run": cost_s / in_run.seconds,
-        "ratio": cost_s / net_s, "ratio_vs_repeat": cost_s / net2_s,
+        "decoder_row_s": dec_s,
+        "N": N,
+        "batch_size": bs,
+        "autocast": args.autocast,
+        "network_calls": total,
+        "cost_matrix_s": cost_s,
+        "network_only_s": net_s,
+        "network_only_repeat_s": net2_s,
+        "cost_matrix_network_s": in_run.seconds,
+        "ratio_in_run": cost_s / in_run.seconds,
+        "ratio": cost_s / net_s,
+        "ratio_vs_repeat": cost_s / net2_s,
         "images_per_s_network": total / net_s,
-        "finite": bool(np.isfinite(costs.kl[rows[-1], 1:rows[-1]]).all()),
+        "finite": bool(np.isfinite(costs.kl[rows[-1], 1 : rows[-1]]).all()),
     }
     write("bench_costs" + (f"_{args.autocast}" if args.autocast else ""), device, result)
 

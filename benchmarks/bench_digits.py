@@ -12,9 +12,9 @@ import argparse
 import math
 
 import torch
+from common import pick_device, timed, write
 
 import dpddpm
-from common import pick_device, timed, write
 
 
 @torch.no_grad()
@@ -41,15 +41,26 @@ def main() -> None:
     model = dpddpm.load_pretrained("digits-hybrid").to(device)
     data = dpddpm.digits_split("test")[: args.n]
     net_s, _ = timed(lambda: network_only(model, data, args.batch_size, device), device)
-    cost_s, costs = timed(lambda: dpddpm.cost_matrix(model, data, batch_size=args.batch_size, progress=False),
-                          device)
+    cost_s, costs = timed(lambda: dpddpm.cost_matrix(model, data, batch_size=args.batch_size, progress=False), device)
     dp_s, best = timed(lambda: dpddpm.optimal_schedules(costs, 256), device)
-    write("bench_digits", device, {
-        "model": "digits-hybrid (learned_range, T = 4000)", "N": int(data.shape[0]), "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "cost_matrix_s": cost_s, "network_only_s": net_s,
-        "ratio": cost_s / net_s, "target_cost_matrix_s": 120.0, "dp_all_K_le_256_s": dp_s, "target_dp_s": 3.0,
-        "dp_bpd_32_in_sample": best.bpd(32), "finite": bool(math.isfinite(best.bpd(256))),
-    })
+    write(
+        "bench_digits",
+        device,
+        {
+            "model": "digits-hybrid (learned_range, T = 4000)",
+            "N": int(data.shape[0]),
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "cost_matrix_s": cost_s,
+            "network_only_s": net_s,
+            "ratio": cost_s / net_s,
+            "target_cost_matrix_s": 120.0,
+            "dp_all_K_le_256_s": dp_s,
+            "target_dp_s": 3.0,
+            "dp_bpd_32_in_sample": best.bpd(32),
+            "finite": bool(math.isfinite(best.bpd(256))),
+        },
+    )
 
 
 if __name__ == "__main__":

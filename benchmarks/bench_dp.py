@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 import torch
+from common import pick_device, timed, write
 
 import dpddpm
-from common import pick_device, timed, write
 
 
 def gaussian_costs(T: int = 4000, mu: float = 0.1, s: float = 0.5) -> dpddpm.CostMatrix:
@@ -38,8 +38,12 @@ def gaussian_costs(T: int = 4000, mu: float = 0.1, s: float = 0.5) -> dpddpm.Cos
     u = np.arange(2, T + 1)
     beta_post_1u = (1 - ab[u] / ab[1]) * (1 - ab[1]) / (1 - ab[u])
     decoder[2:] = 1.0 + 0.5 * np.log2(1 + beta_post_1u / (1 - ab[1]))
-    prior = np.concatenate([[np.nan], 0.5 * (ab[1:] * (mu**2 + s**2) + (1 - ab[1:]) - 1
-                                             - np.log(np.maximum(1 - ab[1:], 1e-300))) / math.log(2)])
+    prior = np.concatenate(
+        [
+            [np.nan],
+            0.5 * (ab[1:] * (mu**2 + s**2) + (1 - ab[1:]) - 1 - np.log(np.maximum(1 - ab[1:], 1e-300))) / math.log(2),
+        ]
+    )
     return dpddpm.CostMatrix(kl=kl, decoder=decoder, prior=prior, meta={"source": "gaussian closed form"})
 
 
@@ -60,11 +64,21 @@ def main() -> None:
         times.append(s)
     bpd = {k: best.bpd(k) for k in (2, 8, 32, 128, K) if k <= K}
     assert all(np.diff([best.bpd(k) for k in range(2, K + 1)]) <= 1e-9), "optimal ELBO must not grow with K"
-    write("bench_dp", device, {
-        "T": args.T, "max_steps": K, "cost_matrix": "closed-form Gaussian expected KL (fixed_small), cosine",
-        "threads": torch.get_num_threads(), "seconds": times, "best_s": min(times), "median_s": float(np.median(times)),
-        "in_sample_bpd": bpd, "schedule_32": best.schedule(32).tolist() if K >= 32 else None,
-    })
+    write(
+        "bench_dp",
+        device,
+        {
+            "T": args.T,
+            "max_steps": K,
+            "cost_matrix": "closed-form Gaussian expected KL (fixed_small), cosine",
+            "threads": torch.get_num_threads(),
+            "seconds": times,
+            "best_s": min(times),
+            "median_s": float(np.median(times)),
+            "in_sample_bpd": bpd,
+            "schedule_32": best.schedule(32).tolist() if K >= 32 else None,
+        },
+    )
 
 
 if __name__ == "__main__":

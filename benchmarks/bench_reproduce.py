@@ -14,9 +14,9 @@ import argparse
 import tempfile
 
 import torch
+from common import pick_device, write
 
 import dpddpm
-from common import pick_device, write
 
 
 def main() -> None:
@@ -33,12 +33,13 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         flags = dpddpm.IMPROVED_DIFFUSION_PRESETS["cifar10_uncond_50M_500K"]
         net = dpddpm.build_improved_diffusion_unet(**flags)
-        model = dpddpm.DDPM(net, dpddpm.NoiseSchedule.cosine(4000), "learned_range", time_input="rescaled",
-                            data_shape=(3, 32, 32))
+        model = dpddpm.DDPM(
+            net, dpddpm.NoiseSchedule.cosine(4000), "learned_range", time_input="rescaled", data_shape=(3, 32, 32)
+        )
         g = torch.Generator().manual_seed(0)
         pool = torch.randint(0, 256, (1024, 3, 32, 32), generator=g).float() / 127.5 - 1
         n_sel, n_test = args.n_selection or 256, args.n_test or 256
-        selection, test, name, batch = pool[:n_sel], pool[n_sel:n_sel + n_test], "cifar10 arch (random)", 512
+        selection, test, name, batch = pool[:n_sel], pool[n_sel : n_sel + n_test], "cifar10 arch (random)", 512
     else:
         model = dpddpm.load_pretrained("digits-hybrid")
         n_sel, n_test = args.n_selection or 300, args.n_test or 300
@@ -47,14 +48,34 @@ def main() -> None:
         name, batch = "digits-hybrid", 4096
     batch = args.batch_size or batch
     with tempfile.TemporaryDirectory() as out:
-        res = dpddpm.reproduce(model, selection, test, out, batch_size=batch, device=device,
-                               skip_full=args.skip_full, progress=False, name=name)
+        res = dpddpm.reproduce(
+            model,
+            selection,
+            test,
+            out,
+            batch_size=batch,
+            device=device,
+            skip_full=args.skip_full,
+            progress=False,
+            name=name,
+        )
     t = res["timing"]
-    write("bench_reproduce", device, {
-        "model": name, "n_selection": n_sel, "n_test": n_test, "batch_size": batch, "T": res["T"],
-        "steps": [r["K"] for r in res["rows"]], "full_chain": not args.skip_full, **t,
-        "ratio": t["total_ratio"], "target_ratio_gpu": 1.2,
-    })
+    write(
+        "bench_reproduce",
+        device,
+        {
+            "model": name,
+            "n_selection": n_sel,
+            "n_test": n_test,
+            "batch_size": batch,
+            "T": res["T"],
+            "steps": [r["K"] for r in res["rows"]],
+            "full_chain": not args.skip_full,
+            **t,
+            "ratio": t["total_ratio"],
+            "target_ratio_gpu": 1.2,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -51,10 +51,16 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
 
 def write(name: str, device: torch.device, result: dict) -> Path:
     """Print ``result`` and write it to results/<name>_<device type>.json."""
-    result = {"benchmark": name, "device": device_name(device), "device_type": device.type,
-              "torch": torch.__version__, **result}
+    result = {
+        "benchmark": name,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        **result,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = device.type if device.type == "cpu" else re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-").lower()
+    gpu = torch.cuda.get_device_name(device) if device.type != "cpu" else ""
+    tag = device.type if device.type == "cpu" else re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
     path = RESULTS / f"{name}_{tag}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

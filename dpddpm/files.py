@@ -4,7 +4,7 @@
   reader never sees half a file.
 - :func:`claim_output`: an exclusive lock on an output path for the length of a run, so two runs can never
   both write it (the second is refused at once), and temp files that a killed run left behind are removed.
-- :func:`read_json`: a JSON file, or an error that names it.
+- :func:`read_json`: a JSON file, or an error that names it; :func:`write_json`: one, atomically.
 - :func:`sigterm_raises`: SIGTERM (what torchrun and job schedulers send) raises :class:`Terminated`, so the
   same cleanup that saves work on Ctrl-C runs on SIGTERM too.
 """
@@ -19,8 +19,9 @@ import os
 import secrets
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,10 +33,17 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                         "fix or re-create it") from None
+        raise ValueError(
+            f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix or re-create it"
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not a JSON text file (it is not UTF-8); check the path") from None
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON text (with a final newline) through :func:`atomic_write`; returns the path."""
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    return atomic_write(path, lambda fh: fh.write(text))
 
 
 def npz_path(path: str | os.PathLike) -> Path:

@@ -1,13 +1,15 @@
 """The paper's Table 1 pipeline on one model: even vs quadratic vs DP-optimal schedules for several budgets.
 
-1. the cost matrix on a selection split (resumable: ``costs.npz`` in the output folder);
+1. the cost matrix on selection images (resumable: ``costs.npz`` in the output folder);
 2. the DP over it, once, for every K up to the largest budget asked for;
-3. for the even, quadratic and DP schedules of each K (and all T steps): fresh ELBOs on held-out test data, and
+3. for the even, quadratic and DP schedules of each K (and all T steps): fresh ELBOs on held-out test images, and
    the in-sample ELBO (the matrix's own value, replayed image by image for its standard error);
-4. ``results.json``, ``results.md`` (a markdown table) and ``results.png`` (bits/dim against K).
+4. the smallest K whose DP schedule is within ``gap`` bits/dim of all T steps (the paper's headline criterion);
+5. with an output folder: ``results.json``, ``results.md`` and ``results.png`` (see :mod:`dpddpm.report`).
 
-Every standard error is over images, of each image's total. The three schedules of one K share their images
-and (on the test split) their noise seed, so their differences carry paired standard errors (``*_vs_dp``).
+Every standard error is over images, of each image's total. Every test ELBO (each schedule, each K, the full
+chain) uses the same noise seed, ``seed + 1``, on the same images, so differences between schedules carry paired
+standard errors (``*_minus_dp``). :func:`selection_and_test` picks the two sets of images.
 
 Every phase is timed, and so are the network's forward calls alone ("network floor"), so the overhead of the
 cost-matrix computation over its T * N network calls can be reported as a ratio.
@@ -15,58 +17,37 @@ cost-matrix computation over its T * N network calls can be reported as a ratio.
 
 from __future__ import annotations
 
-import json
-import math
+import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from .costmatrix import CostMatrix
 from .costs import cost_matrix
-from .dp import optimal_schedules, schedule_bpd
+from .dp import OptimalSchedules, optimal_schedules, schedule_bpd
 from .evaluate import ELBOEstimate, elbo, in_sample_elbo
 from .model import DDPM, resolve_device
+from .nettimer import NetTimer
+from .report import markdown_table, plot, write_results
 from .strides import even_schedule, quadratic_schedule
 
+__all__ = [
+    "DEFAULT_STEPS",
+    "GAP_BPD",
+    "budgets",
+    "markdown_table",
+    "plot",
+    "reproduce",
+    "selection_and_test",
+    "smallest_k_within",
+]
+
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256)
-
-
-class NetTimer:
-    """Accumulates the wall time of ``module``'s forward calls (synchronizing CUDA around each call).
-
-    Use as a context manager; ``seconds`` is the total and ``calls`` the number of forward calls.
-    """
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.seconds, self.calls = module, 0.0, 0
-        self._start = 0.0
-        self._handles: list = []
-
-    def _sync(self, tensors) -> None:
-        for x in tensors:
-            if isinstance(x, torch.Tensor) and x.is_cuda:
-                torch.cuda.synchronize(x.device)
-                return
-
-    def _pre(self, module, args) -> None:
-        self._sync(args)
-        self._start = time.perf_counter()
-
-    def _post(self, module, args, output) -> None:
-        self._sync(args)
-        self.seconds += time.perf_counter() - self._start
-        self.calls += 1
-
-    def __enter__(self) -> "NetTimer":
-        self._handles = [self.module.register_forward_pre_hook(self._pre),
-                         self.module.register_forward_hook(self._post)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
+GAP_BPD = 0.1  # bits/dim: "within 0.1 of all T steps", the paper's criterion
 
 
 def budgets(T: int, steps: Sequence[int] | None = None) -> list[int]:
@@ -80,46 +61,107 @@ def budgets(T: int, steps: Sequence[int] | None = None) -> list[int]:
     return out
 
 
+def selection_and_test(
+    data: str | os.PathLike | None = None,
+    *,
+    selection_split: str | None = None,
+    test_split: str | None = None,
+    n_selection: int = 256,
+    n_test: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selection images (the cost matrix's) and the held-out test images of :func:`reproduce`.
+
+    Args:
+        data: an image file or folder (see :func:`dpddpm.load_images`); None: the bundled digits' selection and
+            test splits.
+        selection_split, test_split: the split (or ``.npz`` key) of each. A CIFAR-10 folder defaults to train
+            and test; when both are the same (or unset) one pool is split: the first ``n_selection`` images
+            select, the next ``n_test`` test, so the two never overlap.
+        n_selection, n_test: how many images of each (at most).
+    Returns:
+        (selection, test): (n_selection, C, H, W) and (n_test, C, H, W) in [-1, 1].
+    """
+    if n_selection < 1 or n_test < 1:
+        raise ValueError(f"need at least one selection and one test image, got {n_selection} and {n_test}")
+    if data is None:
+        from .digits import digits_split
+
+        selection, test = digits_split("selection"), digits_split("test")
+    else:
+        from .external.images import is_cifar10_folder, load_images
+
+        if selection_split is None and test_split is None and is_cifar10_folder(data):
+            selection_split, test_split = "train", "test"
+        if selection_split == test_split:
+            pool = load_images(data, split=selection_split, limit=n_selection + n_test)
+            selection, test = pool[:n_selection], pool[n_selection:]
+        else:
+            selection = load_images(data, split=selection_split, limit=n_selection)
+            test = load_images(data, split=test_split, limit=n_test)
+    if len(test) == 0:
+        raise ValueError(f"no test images are left after the {len(selection)} selection images of {data}")
+    return selection[:n_selection], test[:n_test]
+
+
 def reproduce(
     model: DDPM,
     selection: torch.Tensor,
     test: torch.Tensor,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
     steps: Sequence[int] | None = None,
     skip_full: bool = False,
+    full_test: Mapping[str, Any] | None = None,
     batch_size: int = 256,
+    test_batch_size: int | None = None,
     device: str | torch.device | None = None,
     resume: bool = False,
     seed: int = 0,
+    gap: float = GAP_BPD,
     progress: bool = True,
     name: str = "model",
 ) -> dict:
-    """Run the pipeline and write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``.
+    """Run the pipeline; with ``out_dir``, write ``results.json``, ``results.md`` and ``results.png`` there.
 
     Args:
         model: the DDPM.
         selection: (N_sel, *data_shape) in [-1, 1]: the data the cost matrix (and so the DP) sees.
         test: (N_test, *data_shape) in [-1, 1]: held-out data for the fresh ELBOs.
+        out_dir: the output folder, also holding the cost matrix as it is computed (``costs.npz``); None: keep
+            the matrix in memory and write nothing.
         steps: the budgets K (default powers of two 8..256 up to T).
-        skip_full: skip the ELBO of all T steps (T network calls per test point).
+        skip_full: skip the ELBOs of all T steps (T network calls per image), and so the ``gap`` summary.
+        full_test: the test ELBO of all T steps when it is already known on the same test images (e.g. a bundled
+            model card's ``test_elbo``): a mapping with ``"bpd"`` and ``"stderr"``, used instead of estimating it.
+        batch_size: network inputs per call of the cost matrix and the in-sample ELBOs.
+        test_batch_size: network inputs per call of the test ELBOs (default ``batch_size``). The float32
+            network's output moves by round-off with its batch, so equal settings give equal numbers.
         resume: continue the cost matrix from ``out_dir/costs.npz``.
+        seed: the cost matrix's noise seed; the test ELBOs use ``seed + 1``.
+        gap: bits/dim for the "smallest K within ``gap`` of all T steps" summary.
     Returns:
         the results dictionary that is also written as JSON (bits/dim, stderr, schedules, timings in seconds).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = None if out_dir is None else Path(out_dir)
     device = resolve_device(model, device)
     model = model.to(device)
-    T = model.T
-    Ks = budgets(T, steps)
+    T, Ks = model.T, budgets(model.T, steps)
+    test_seed = seed + 1
     timing: dict[str, float] = {}
     start = time.perf_counter()
     with NetTimer(model.net) as whole:  # every network call of the pipeline: its floor
         t0 = time.perf_counter()
         with NetTimer(model.net) as net:
-            costs = cost_matrix(model, selection, batch_size=batch_size, device=device, progress=progress,
-                                seed=seed, checkpoint=out_dir / "costs.npz", resume=resume)
+            costs = cost_matrix(
+                model,
+                selection,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                seed=seed,
+                checkpoint=None if out_dir is None else out_dir / "costs.npz",
+                resume=resume,
+            )
         timing["cost_matrix_s"] = time.perf_counter() - t0
         timing["cost_matrix_network_s"] = net.seconds
         timing["cost_matrix_network_calls"] = net.calls
@@ -129,114 +171,155 @@ def reproduce(
         best = optimal_schedules(costs, max(Ks))
         timing["dp_s"] = time.perf_counter() - t0
 
-        rows = []
+        def measure(sched: np.ndarray) -> tuple[ELBOEstimate, ELBOEstimate]:
+            """(test, in-sample) ELBO estimates of one schedule."""
+            test_est = elbo(model, test, sched, batch_size=test_batch_size or batch_size, device=device, seed=test_seed)
+            return test_est, in_sample_elbo(model, selection, costs, sched, batch_size=batch_size, device=device)
+
         t0 = time.perf_counter()
-        for i, K in enumerate(Ks):
-            row: dict = {"K": K}
-            found: dict[str, tuple[ELBOEstimate, ELBOEstimate]] = {}
-            for kind, sched in (("dp", best.schedule(K)), ("even", even_schedule(T, K)),
-                                ("quadratic", quadratic_schedule(T, K))):
-                test_est = elbo(model, test, sched, batch_size=batch_size, device=device, seed=seed + 1 + i)
-                sel_est = in_sample_elbo(model, selection, costs, sched, batch_size=batch_size, device=device)
-                found[kind] = (test_est, sel_est)
-                row[kind] = {"schedule": [int(t) for t in sched], **_entry(test_est, sel_est, costs)}
-                if kind != "dp":
-                    row[kind].update(_paired(test_est, sel_est, *found["dp"]))
-            rows.append(row)
+        rows = [_budget_row(K, best, T, costs, measure) for K in Ks]
         timing["elbo_s"] = time.perf_counter() - t0
 
         full = None
         if not skip_full:
             t0 = time.perf_counter()
-            all_steps = np.arange(T, 0, -1)
-            test_est = elbo(model, test, all_steps, batch_size=batch_size, device=device, seed=seed + 1000,
-                            progress=progress)
-            sel_est = in_sample_elbo(model, selection, costs, all_steps, batch_size=batch_size, device=device,
-                                     progress=progress)
-            full = {"K": T, **_entry(test_est, sel_est, costs)}
+            full = _full_chain(
+                model, selection, test, costs, full_test, batch_size, test_batch_size, device, test_seed, progress
+            )
             timing["full_elbo_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - start
     timing["total_network_s"] = whole.seconds
     timing["total_ratio"] = timing["total_s"] / whole.seconds if whole.seconds > 0 else float("nan")
 
     results = {
-        "model": name, "T": T, "variance": model.variance, "device": _device_name(device),
-        "n_selection": int(selection.shape[0]), "n_test": int(test.shape[0]), "seed": int(seed),
-        "rows": rows, "full": full, "timing": timing,
+        "model": name,
+        "T": T,
+        "variance": model.variance,
+        "device": _device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "n_selection": int(selection.shape[0]),
+        "n_test": int(test.shape[0]),
+        "seed": int(seed),
+        "test_seed": int(test_seed),
+        "batch_size": int(batch_size),
+        "test_batch_size": int(test_batch_size or batch_size),
+        "rows": rows,
+        "full": full,
+        "within_gap": None if full is None else _within_gap(best, rows, full, gap),
+        "timing": timing,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(markdown_table(results))
-    plot(results, out_dir / "results.png")
+    if out_dir is not None:
+        write_results(results, out_dir)
     return results
 
 
-def _entry(test_est: ELBOEstimate, sel_est: ELBOEstimate, costs) -> dict:
+def _budget_row(
+    K: int,
+    best: OptimalSchedules,
+    T: int,
+    costs: CostMatrix,
+    measure: Callable[[np.ndarray], tuple[ELBOEstimate, ELBOEstimate]],
+) -> dict:
+    """The DP, even and quadratic schedules of budget K with their figures; the strides' excess over the DP is
+    paired (same images, same noise seed)."""
+    row: dict = {"K": K}
+    dp = None
+    for kind, sched in (
+        ("dp", best.schedule(K)),
+        ("even", even_schedule(T, K)),
+        ("quadratic", quadratic_schedule(T, K)),
+    ):
+        found = measure(sched)
+        row[kind] = {"schedule": [int(t) for t in sched], **_entry(*found, costs)}
+        if dp is None:
+            dp = found
+        else:
+            row[kind].update(_paired(*found, *dp))
+    return row
+
+
+def _full_chain(
+    model: DDPM,
+    selection: torch.Tensor,
+    test: torch.Tensor,
+    costs: CostMatrix,
+    full_test: Mapping | None,
+    batch_size: int,
+    test_batch_size: int | None,
+    device: torch.device,
+    test_seed: int,
+    progress: bool,
+) -> dict:
+    """The figures of all T steps: the test ELBO estimated fresh (or the given one) and the in-sample ELBO."""
+    all_steps = np.arange(model.T, 0, -1)
+    sel_est = in_sample_elbo(
+        model, selection, costs, all_steps, batch_size=batch_size, device=device, progress=progress
+    )
+    if full_test is None:
+        test_est = elbo(
+            model,
+            test,
+            all_steps,
+            batch_size=test_batch_size or batch_size,
+            device=device,
+            seed=test_seed,
+            progress=progress,
+        )
+        test_figures = {"test_bpd": test_est.bpd, "test_stderr": test_est.stderr, "test_source": "fresh"}
+    else:
+        test_figures = {
+            "test_bpd": float(full_test["bpd"]),
+            "test_stderr": float(full_test["stderr"]),
+            "test_source": "given",
+        }
+    return {
+        "K": model.T,
+        **test_figures,
+        "selection_bpd": schedule_bpd(costs, all_steps),
+        "selection_stderr": sel_est.stderr,
+    }
+
+
+def smallest_k_within(ks: Sequence[int], values: Sequence[float], reference: float, gap: float) -> int | None:
+    """The first K of ``ks`` whose value is within ``gap`` bits/dim of ``reference``, or None."""
+    return next((int(k) for k, v in zip(ks, values) if v - reference <= gap), None)
+
+
+def _within_gap(best: OptimalSchedules, rows: list[dict], full: dict, gap: float) -> dict:
+    """The smallest budget whose DP schedule is within ``gap`` of all T steps: in-sample over every K up to the
+    largest budget, in-sample over the listed budgets, and on the test images over the listed budgets."""
+    ks = [r["K"] for r in rows]
+    return {
+        "gap_bpd": gap,
+        "selection_any_K": smallest_k_within(range(2, best.max_steps + 1), best.bpd_all(), full["selection_bpd"], gap),
+        "selection_listed_K": smallest_k_within(
+            ks, [r["dp"]["selection_bpd"] for r in rows], full["selection_bpd"], gap
+        ),
+        "test_listed_K": smallest_k_within(ks, [r["dp"]["test_bpd"] for r in rows], full["test_bpd"], gap),
+    }
+
+
+def _entry(test_est: ELBOEstimate, sel_est: ELBOEstimate, costs: CostMatrix) -> dict:
     """One schedule's figures: held-out and in-sample bits/dim with per-image standard errors."""
-    return {"test_bpd": test_est.bpd, "test_stderr": test_est.stderr,
-            "selection_bpd": schedule_bpd(costs, sel_est.schedule), "selection_stderr": sel_est.stderr}
+    return {
+        "test_bpd": test_est.bpd,
+        "test_stderr": test_est.stderr,
+        "selection_bpd": schedule_bpd(costs, sel_est.schedule),
+        "selection_stderr": sel_est.stderr,
+    }
 
 
 def _paired(test_est: ELBOEstimate, sel_est: ELBOEstimate, dp_test: ELBOEstimate, dp_sel: ELBOEstimate) -> dict:
     """A stride minus the DP on the same images: the difference and its paired standard error."""
-    return {"test_minus_dp": test_est.bpd - dp_test.bpd, "test_minus_dp_stderr": test_est.paired_stderr(dp_test),
-            "selection_minus_dp": sel_est.bpd - dp_sel.bpd,
-            "selection_minus_dp_stderr": sel_est.paired_stderr(dp_sel)}
+    return {
+        "test_minus_dp": test_est.bpd - dp_test.bpd,
+        "test_minus_dp_stderr": test_est.paired_stderr(dp_test),
+        "selection_minus_dp": sel_est.bpd - dp_sel.bpd,
+        "selection_minus_dp_stderr": sel_est.paired_stderr(dp_sel),
+    }
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
-
-
-def _fmt(entry: dict, key: str = "test") -> str:
-    return f"{entry[key + '_bpd']:.4f} ± {entry[key + '_stderr']:.4f}"
-
-
-def markdown_table(results: dict) -> str:
-    """Table 1 style: test-set bits/dim (± standard error) of each schedule, and the DP's in-sample figure."""
-    lines = [f"# {results['model']}: bits/dim by number of steps K (T = {results['T']})", "",
-             f"Test ELBOs on {results['n_test']} held-out images; the DP schedules were chosen on "
-             f"{results['n_selection']} selection images (in-sample column). Errors are standard errors over "
-             f"images; the last two columns are paired differences on the same test images.", "",
-             "| K | even | quadratic | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results["rows"]:
-        diffs = " | ".join(f"{r[k]['test_minus_dp']:+.4f} ± {r[k]['test_minus_dp_stderr']:.4f}"
-                           for k in ("even", "quadratic"))
-        lines.append(f"| {r['K']} | {_fmt(r['even'])} | {_fmt(r['quadratic'])} | {_fmt(r['dp'])} | "
-                     f"{_fmt(r['dp'], 'selection')} | {diffs} |")
-    if results["full"] is not None:
-        f = results["full"]
-        lines.append(f"| {f['K']} (all) | {_fmt(f)} | | | {_fmt(f, 'selection')} | | |")
-    t = results["timing"]
-    lines += ["", "| phase | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in t.items() if k.endswith("_s")]
-    lines.append(f"\nCost matrix wall time / network-only time: {t['cost_matrix_ratio']:.3f}; "
-                 f"whole pipeline / all its network calls: {t['total_ratio']:.3f}\n")
-    return "\n".join(lines)
-
-
-def plot(results: dict, path: str | Path) -> None:
-    """Test bits/dim against K (log2 axis) for the three schedule families; full-T ELBO as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    Ks = [r["K"] for r in results["rows"]]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kind, label in (("even", "even stride"), ("quadratic", "quadratic stride"), ("dp", "DP (ours)")):
-        y = [r[kind]["test_bpd"] for r in results["rows"]]
-        e = [r[kind]["test_stderr"] for r in results["rows"]]
-        ax.errorbar(Ks, y, yerr=[0 if math.isnan(v) else v for v in e], marker="o", label=label, capsize=2)
-    if results["full"] is not None:
-        ax.axhline(results["full"]["test_bpd"], color="k", ls="--", lw=1, label=f"all T = {results['T']}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("steps K")
-    ax.set_ylabel("test ELBO (bits/dim)")
-    ax.set_title(results["model"])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -4,14 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from toy_models import discrete_data, tiny_model
 
 import dpddpm
 from dpddpm import cli
-from toy_models import discrete_data, tiny_model
 
 T = 12
 
@@ -20,8 +19,8 @@ T = 12
 def tiny(monkeypatch):
     """Route every model/data option of the CLI to a tiny learned-variance model and 6 data points."""
     model, data = tiny_model(T=T), discrete_data(6)
-    monkeypatch.setattr(cli, "load_model", lambda args: model)
-    monkeypatch.setattr(cli, "load_data", lambda args: data)
+    monkeypatch.setattr(cli.inputs, "load_model", lambda args: model)
+    monkeypatch.setattr(cli.inputs, "load_data", lambda args: data)
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     return model, data
@@ -35,8 +34,9 @@ def _assert_close(a, b):
     """Equal up to round-off: the two runs pack different batches, and float results depend on batch shapes and
     CPU kernels, so never compare bitwise. Standard errors come from differences of sums and keep fewer digits."""
     for name, rtol in (("kl", 1e-6), ("decoder", 1e-6), ("prior", 1e-6), ("stderr", 1e-5)):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-10, equal_nan=True,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-10, equal_nan=True, err_msg=name
+        )
     np.testing.assert_array_equal(a.counts, b.counts)
 
 
@@ -46,8 +46,24 @@ def test_two_shards_merge_to_unsharded_run(tiny, tmp_path):
     parts = []
     for i in range(2):
         out = tmp_path / f"part{i}.npz"
-        assert cli.main(["costs", *MODEL, "--batch-size", "5", "--quiet", "--shard-index", str(i),
-                         "--num-shards", "2", "--out", str(out)]) == 0
+        assert (
+            cli.main(
+                [
+                    "costs",
+                    *MODEL,
+                    "--batch-size",
+                    "5",
+                    "--quiet",
+                    "--shard-index",
+                    str(i),
+                    "--num-shards",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         part = dpddpm.CostMatrix.load(out)
         assert list(np.flatnonzero(part.rows_done)) == [t for t in range(1, T + 1) if t % 2 == i]
         parts.append(str(out))
@@ -63,8 +79,9 @@ def test_torchrun_env_writes_rank_files(tiny, tmp_path, monkeypatch):
         assert cli.main(["costs", *MODEL, "--quiet", "--out", str(tmp_path / "c.npz")]) == 0
     assert (tmp_path / "c.rank0.npz").exists() and (tmp_path / "c.rank1.npz").exists()
     assert not (tmp_path / "c.npz").exists()
-    assert cli.main(["merge", str(tmp_path / "c.npz"), str(tmp_path / "c.rank0.npz"),
-                     str(tmp_path / "c.rank1.npz")]) == 0
+    assert (
+        cli.main(["merge", str(tmp_path / "c.npz"), str(tmp_path / "c.rank0.npz"), str(tmp_path / "c.rank1.npz")]) == 0
+    )
     assert dpddpm.CostMatrix.load(tmp_path / "c.npz").is_complete
 
 
@@ -86,8 +103,12 @@ def test_schedule_elbo_sample_export(tiny, tmp_path, capsys):
     assert saved["schedule"] == best.schedule(4).tolist()
     assert saved["bpd"] == pytest.approx(best.bpd(4))
 
-    assert cli.main(["elbo", *MODEL, "--quiet", "--schedule-json", str(tmp_path / "s.json"),
-                     "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        cli.main(
+            ["elbo", *MODEL, "--quiet", "--schedule-json", str(tmp_path / "s.json"), "--json", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["bpd"] == pytest.approx(dpddpm.elbo(model, data, best.schedule(4)).bpd)
     for spec in (["--even", "3"], ["--quadratic", "3"], ["--costs", str(costs), "--steps", "3"]):
@@ -111,8 +132,16 @@ def test_reproduce_pipeline_on_tiny_model(tmp_path):
     from dpddpm.reproduce import reproduce
 
     model = tiny_model(T=T)
-    res = reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2, 4],
-                    batch_size=16, progress=False, name="tiny")
+    res = reproduce(
+        model,
+        discrete_data(6, seed=1),
+        discrete_data(5, seed=2),
+        tmp_path,
+        steps=[2, 4],
+        batch_size=16,
+        progress=False,
+        name="tiny",
+    )
     assert [r["K"] for r in res["rows"]] == [2, 4]
     for r in res["rows"]:
         for kind in ("even", "quadratic", "dp"):
@@ -126,27 +155,44 @@ def test_reproduce_pipeline_on_tiny_model(tmp_path):
     assert "| 4 |" in (tmp_path / "results.md").read_text()
     with pytest.raises(FileExistsError):  # the cost matrix checkpoint is kept; rerunning needs resume
         reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2], progress=False)
-    again = reproduce(model, discrete_data(6, seed=1), discrete_data(5, seed=2), tmp_path, steps=[2, 4],
-                      batch_size=16, progress=False, resume=True, skip_full=True)
+    again = reproduce(
+        model,
+        discrete_data(6, seed=1),
+        discrete_data(5, seed=2),
+        tmp_path,
+        steps=[2, 4],
+        batch_size=16,
+        progress=False,
+        resume=True,
+        skip_full=True,
+    )
     assert again["rows"][1]["dp"]["schedule"] == res["rows"][1]["dp"]["schedule"]
     assert again["full"] is None
 
 
-def test_shard_rows_interleave():
-    rows = [cli.shard_rows(10, i, 3) for i in range(3)]
-    assert sorted(sum(rows, [])) == list(range(1, 11))
-    assert rows[1] == [1, 4, 7, 10]
-    assert cli.rank_path("out/costs.npz", 3) == Path("out/costs.rank3.npz")
-
-
-@pytest.mark.parametrize("argv, needle", [
-    (["schedule", "missing.npz", "--steps", "4"], "not found"),
-    (["costs", "--out", "x.npz", "--digits-split", "test"], "exactly one model"),
-    (["costs", "--checkpoint", "nope.pt", "--preset", "cifar10_uncond_50M_500K", "--digits-split", "test",
-      "--out", "x.npz"], "not found"),
-    (["costs", "--pretrained", "digits-hybrid", "--out", "x.npz", "--shard-index", "0"], "go together"),
-    (["merge", "out.npz", "nope.npz"], "not found"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["schedule", "missing.npz", "--steps", "4"], "not found"),
+        (["costs", "--out", "x.npz", "--digits-split", "test"], "exactly one model"),
+        (
+            [
+                "costs",
+                "--checkpoint",
+                "nope.pt",
+                "--preset",
+                "cifar10_uncond_50M_500K",
+                "--digits-split",
+                "test",
+                "--out",
+                "x.npz",
+            ],
+            "not found",
+        ),
+        (["costs", "--pretrained", "digits-hybrid", "--out", "x.npz", "--shard-index", "0"], "go together"),
+        (["merge", "out.npz", "nope.npz"], "not found"),
+    ],
+)
 def test_clear_errors(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == 2
@@ -165,8 +211,9 @@ def _run(*args, cwd=None):
     env = dict(os.environ)
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "dpddpm", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dpddpm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_subprocess_help_and_schedule(tmp_path):
@@ -197,8 +244,29 @@ def _digits_weights_present() -> bool:
 
 def test_reproduce_digits_hybrid(tmp_path):
     out = tmp_path / "out"
-    assert cli.main(["reproduce", "--pretrained", "digits-hybrid", "--selection", "8", "--test", "8",
-                     "--steps", "2", "4", "--skip-full", "--quiet", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "--pretrained",
+                "digits-hybrid",
+                "--selection",
+                "8",
+                "--test",
+                "8",
+                "--steps",
+                "2",
+                "4",
+                "--skip-full",
+                "--quiet",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert [r["K"] for r in res["rows"]] == [2, 4] and res["T"] == 4000
 

@@ -18,13 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_cli
 import torch
+from test_cli import MODEL, NET, T
+from toy_models import TinyNet, discrete_data, tiny_model
 
 import dpddpm
 from dpddpm import cli
 from dpddpm.files import Terminated
-from test_cli import MODEL, NET, T, tiny  # noqa: F401  (tiny is a fixture)
-from toy_models import TinyNet, discrete_data, tiny_model
+from dpddpm.sharding import shard_rows
+
+tiny = test_cli.tiny  # a fixture shared with test_cli
 
 GOLDEN = Path(__file__).parent / "data" / "improved_diffusion_small_golden.pt"
 PRESET = ["--preset", "cifar10_uncond_50M_500K"]
@@ -40,25 +44,31 @@ def _fails(argv: list, capsys) -> str:
 
 def _run(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    return subprocess.run([sys.executable, "-m", "dpddpm", *map(str, args)], capture_output=True, text=True,
-                          env={**base, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dpddpm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=120,
+    )
 
 
 @pytest.fixture
 def no_work(monkeypatch):
     """Loading a model or data fails the test: the command had to refuse first."""
+
     def work(args):
         raise AssertionError("the command loaded a model or data before checking its arguments")
 
-    monkeypatch.setattr(cli, "load_model", work)
-    monkeypatch.setattr(cli, "load_data", work)
+    monkeypatch.setattr(cli.inputs, "load_model", work)
+    monkeypatch.setattr(cli.inputs, "load_data", work)
 
 
 @pytest.fixture
 def tiny_net(monkeypatch):
     """Only the model is the tiny one; data go through the real loaders."""
     model = tiny_model(T=T)
-    monkeypatch.setattr(cli, "load_model", lambda args: model)
+    monkeypatch.setattr(cli.inputs, "load_model", lambda args: model)
     return model
 
 
@@ -90,27 +100,39 @@ def test_checkpoint_mismatch_is_printed_whole(checkpoint, tmp_path, capsys):
     assert err.count("\n") > 3
 
 
-@pytest.mark.parametrize("exc", [KeyError("bug"), RuntimeError("bug"), AssertionError("bug"),
-                                 ImportError("cannot import name 'x' from 'dpddpm.y'")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        KeyError("bug"),
+        RuntimeError("bug"),
+        AssertionError("bug"),
+        ImportError("cannot import name 'x' from 'dpddpm.y'"),
+    ],
+)
 def test_internal_errors_keep_their_traceback(exc, monkeypatch):
     def broken(args):
         raise exc
 
-    monkeypatch.setattr(cli, "cmd_export", broken)
+    monkeypatch.setattr(cli.commands, "cmd_export", broken)
     with pytest.raises(type(exc)):
         cli.main(["export", "--even", "3"])
 
 
-@pytest.mark.parametrize("exc, message", [
-    (OSError(errno.EROFS, "Read-only file system", "/x"),
-     "cannot access /x: Read-only file system (the file system is read-only; choose another path)"),
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (the disk is full; free some"),
-    (PermissionError(errno.EACCES, "Permission denied", "/x"), "cannot access /x: Permission denied (check its"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"), "cannot access /x: No such file"),
-    (OSError(errno.EIO, "Input/output error"), None),
-    (ImportError("loading diffusers models needs diffusers: pip install 'dpddpm[diffusers]'"), "pip install"),
-    (TypeError("bug"), None),
-])
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (
+            OSError(errno.EROFS, "Read-only file system", "/x"),
+            "cannot access /x: Read-only file system (the file system is read-only; choose another path)",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (the disk is full; free some"),
+        (PermissionError(errno.EACCES, "Permission denied", "/x"), "cannot access /x: Permission denied (check its"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"), "cannot access /x: No such file"),
+        (OSError(errno.EIO, "Input/output error"), None),
+        (ImportError("loading diffusers models needs diffusers: pip install 'dpddpm[diffusers]'"), "pip install"),
+        (TypeError("bug"), None),
+    ],
+)
 def test_user_error_message(exc, message):
     got = cli.user_error_message(exc)
     assert got is None if message is None else message in got
@@ -123,19 +145,32 @@ def test_subprocess_exit_codes_and_no_traceback(checkpoint, tmp_path):
     bad.write_bytes(b"PK\x03\x04 cut short")
     r = _run("elbo", "--pretrained", "digits-simple", "--device", "cpu", "--data", bad, "--even", "4")
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"{bad} is not a readable .npz file" in r.stderr
-    r = _run("sample", "--pretrained", "digits-simple", "--device", "cuda", "--even", "4", "--out",
-             tmp_path / "x.npy", env={"CUDA_VISIBLE_DEVICES": ""})
+    r = _run(
+        "sample",
+        "--pretrained",
+        "digits-simple",
+        "--device",
+        "cuda",
+        "--even",
+        "4",
+        "--out",
+        tmp_path / "x.npy",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "CUDA is not available" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- paths: folders, permissions
 
 
-@pytest.mark.parametrize("command", [
-    ["sample", *NET, "--schedule-json", "{dir}", "--out", "{out}.npy"],
-    ["schedule", "{dir}", "--steps", "3"],
-    ["merge", "{out}.npz", "{dir}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample", *NET, "--schedule-json", "{dir}", "--out", "{out}.npy"],
+        ["schedule", "{dir}", "--steps", "3"],
+        ["merge", "{out}.npz", "{dir}"],
+    ],
+)
 def test_a_folder_where_a_file_belongs(command, tiny, tmp_path, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -194,15 +229,18 @@ def test_unreadable_data_and_schedule_files(tiny_net, tmp_path, capsys, monkeypa
 # --------------------------------------------------------------------------- outputs, checked before the work
 
 
-@pytest.mark.parametrize("command", [
-    ["sample", *NET, "--even", "4", "--out", "{out}.npy"],
-    ["reproduce", *NET, "--out", "{out}"],
-    ["costs", *MODEL, "--out", "{out}.npz"],
-    ["elbo", *MODEL, "--even", "4", "--json", "{out}.json"],
-    ["schedule", "{missing}", "--steps", "3", "--json", "{out}.json"],
-    ["export", "--costs", "{missing}", "--steps", "3", "--out", "{out}.json"],
-    ["merge", "{out}.npz", "{missing}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample", *NET, "--even", "4", "--out", "{out}.npy"],
+        ["reproduce", *NET, "--out", "{out}"],
+        ["costs", *MODEL, "--out", "{out}.npz"],
+        ["elbo", *MODEL, "--even", "4", "--json", "{out}.json"],
+        ["schedule", "{missing}", "--steps", "3", "--json", "{out}.json"],
+        ["export", "--costs", "{missing}", "--steps", "3", "--out", "{out}.json"],
+        ["merge", "{out}.npz", "{missing}"],
+    ],
+)
 def test_unwritable_outputs_are_refused_before_the_work(command, no_work, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
@@ -216,11 +254,14 @@ def test_output_without_permission(no_work, tmp_path, capsys, monkeypatch):
     assert f"no permission to create files in {tmp_path}" in err
 
 
-@pytest.mark.parametrize("command", [
-    ["elbo", *MODEL, "--even", "4", "--json", "{dir}"],
-    ["sample", *NET, "--even", "4", "--out", "{dir}.npy"],
-    ["reproduce", *NET, "--out", "{file}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["elbo", *MODEL, "--even", "4", "--json", "{dir}"],
+        ["sample", *NET, "--even", "4", "--out", "{dir}.npy"],
+        ["reproduce", *NET, "--out", "{file}"],
+    ],
+)
 def test_outputs_of_the_wrong_kind(command, no_work, tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d.npy").mkdir()
@@ -251,16 +292,20 @@ def test_costs_prints_the_file_it_wrote(tiny, tmp_path, capsys):
 def test_cuda_without_cuda_is_refused_before_loading(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(dpddpm.digits, "load_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
-    err = _fails(["sample", "--pretrained", "digits-simple", "--device", "cuda", "--even", "4",
-                  "--out", tmp_path / "x.npy"], capsys)
+    err = _fails(
+        ["sample", "--pretrained", "digits-simple", "--device", "cuda", "--even", "4", "--out", tmp_path / "x.npy"],
+        capsys,
+    )
     assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
 
 
 # --------------------------------------------------------------------------- corrupt files
 
 
-@pytest.mark.parametrize("weights, needle", [(None, "digits-simple.pt is missing"),
-                                             (b"version https://git-lfs.github.com/spec/v1\n", "cannot be read")])
+@pytest.mark.parametrize(
+    "weights, needle",
+    [(None, "digits-simple.pt is missing"), (b"version https://git-lfs.github.com/spec/v1\n", "cannot be read")],
+)
 def test_broken_install_says_reinstall(weights, needle, tmp_path, capsys, monkeypatch):
     from importlib import resources
 
@@ -270,10 +315,11 @@ def test_broken_install_says_reinstall(weights, needle, tmp_path, capsys, monkey
     if weights is not None:  # e.g. a Git LFS pointer checked out in place of the weights
         (tmp_path / "weights" / "digits-simple.pt").write_bytes(weights)
     monkeypatch.setattr(resources, "files", lambda package: tmp_path)
-    err = _fails(["sample", "--pretrained", "digits-simple", "--device", "cpu", "--even", "4",
-                  "--out", tmp_path / "x.npy"], capsys)
+    err = _fails(
+        ["sample", "--pretrained", "digits-simple", "--device", "cpu", "--even", "4", "--out", tmp_path / "x.npy"],
+        capsys,
+    )
     assert needle in err and "reinstall dpddpm" in err
-
 
 
 def _corrupt_npz(tmp_path: Path) -> tuple[Path, list]:
@@ -295,20 +341,24 @@ def _corrupt_cifar(tmp_path: Path) -> tuple[Path, list]:
     return tmp_path / "cifar-10-batches-py" / "test_batch", ["--data", tmp_path, "--split", "test"]
 
 
-@pytest.mark.parametrize("make, fix", [(_corrupt_npz, "np.savez"), (_corrupt_png, "remove it"),
-                                       (_corrupt_cifar, "cifar-10-python.tar.gz")])
+@pytest.mark.parametrize(
+    "make, fix", [(_corrupt_npz, "np.savez"), (_corrupt_png, "remove it"), (_corrupt_cifar, "cifar-10-python.tar.gz")]
+)
 def test_corrupt_data_files(make, fix, tiny_net, tmp_path, capsys):
     bad, data_args = make(tmp_path)
     err = _fails(["elbo", *data_args, "--even", "4"], capsys)
     assert f"{bad} is not a readable" in err and "truncated or corrupt" in err and fix in err
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("{broken", "is not valid JSON (Expecting property name"),
-    ('{"K": 2}', "holds no schedule"),
-    ('["12", "1"]', "holds no schedule"),
-    ('{"schedule": [12, 6, 6, 1]}', "strictly decreasing"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("{broken", "is not valid JSON (Expecting property name"),
+        ('{"K": 2}', "holds no schedule"),
+        ('["12", "1"]', "holds no schedule"),
+        ('{"schedule": [12, 6, 6, 1]}', "strictly decreasing"),
+    ],
+)
 def test_bad_schedule_json(text, needle, tiny, tmp_path, capsys):
     (tmp_path / "s.json").write_text(text)
     err = _fails(["elbo", *MODEL, "--schedule-json", tmp_path / "s.json"], capsys)
@@ -320,10 +370,17 @@ def diffusers_folder(tmp_path_factory) -> Path:
     diffusers = pytest.importorskip("diffusers")
     folder = tmp_path_factory.mktemp("pipe")
     torch.manual_seed(0)
-    diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                          block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                          up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                          attention_head_dim=8).save_pretrained(folder / "unet")
+    diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).save_pretrained(folder / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=10).save_pretrained(folder / "scheduler")
     return folder
 
@@ -355,8 +412,9 @@ def test_broken_diffusers_folder(damage, diffusers_folder, tmp_path, capsys):
     folder = tmp_path / "pipe"
     shutil.copytree(diffusers_folder, folder)
     needle = damage(folder)
-    err = _fails(["sample", "--diffusers", folder, "--device", "cpu", "--even", "4", "--out", tmp_path / "x.npy"],
-                 capsys)
+    err = _fails(
+        ["sample", "--diffusers", folder, "--device", "cpu", "--even", "4", "--out", tmp_path / "x.npy"], capsys
+    )
     assert needle in err
 
 
@@ -368,8 +426,9 @@ def _complete(tmp_path: Path, name: str, seed: int) -> Path:
     return costs.save(tmp_path / name)
 
 
-@pytest.mark.parametrize("argv", [["a.npz", "a.npz", "b.npz"], ["a", "b.npz", "a.npz"],
-                                  ["sub/../a.npz", "b.npz", "{tmp}/a.npz"]])
+@pytest.mark.parametrize(
+    "argv", [["a.npz", "a.npz", "b.npz"], ["a", "b.npz", "a.npz"], ["sub/../a.npz", "b.npz", "{tmp}/a.npz"]]
+)
 def test_merge_refuses_to_overwrite_an_input(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
@@ -382,8 +441,10 @@ def test_merge_refuses_to_overwrite_an_input(argv, tmp_path, capsys, monkeypatch
 
 def test_merge_with_a_forgotten_out_says_so(tmp_path, capsys):
     model, data = tiny_model(T=T), discrete_data(4)
-    shards = [dpddpm.cost_matrix(model, data, rows=cli.shard_rows(T, i, 2), progress=False)
-              .save(tmp_path / f"c.rank{i}.npz") for i in range(2)]
+    shards = [
+        dpddpm.cost_matrix(model, data, rows=shard_rows(T, i, 2), progress=False).save(tmp_path / f"c.rank{i}.npz")
+        for i in range(2)
+    ]
     before = shards[0].read_bytes()
     err = _fails(["merge", *shards], capsys)  # `dpddpm merge c.rank*.npz`: OUT is the first shard
     assert "rows are missing" in err and f"{shards[0]} exists and is not one of the parts" in err
@@ -416,11 +477,14 @@ def _other_weights():
     return model
 
 
-@pytest.mark.parametrize("other, needle", [
-    (lambda: tiny_model(T=T, variance="fixed_large"), "variance: 'fixed_large' in the file, 'learned_range' for"),
-    (lambda: tiny_model(T=T, clip=False), "clip_denoised: False in the file, True for the model"),
-    (_other_weights, "weights_fingerprint: "),
-])
+@pytest.mark.parametrize(
+    "other, needle",
+    [
+        (lambda: tiny_model(T=T, variance="fixed_large"), "variance: 'fixed_large' in the file, 'learned_range' for"),
+        (lambda: tiny_model(T=T, clip=False), "clip_denoised: False in the file, True for the model"),
+        (_other_weights, "weights_fingerprint: "),
+    ],
+)
 def test_cost_matrix_of_another_model(other, needle, tiny, tmp_path, capsys):
     path = _other_costs(tmp_path, other())
     for command in (["elbo", *MODEL], ["sample", *NET, "--out", tmp_path / "x.npy"]):
@@ -444,8 +508,23 @@ def test_schedule_reports_no_stderr_and_points_to_in_sample(costs_file, tmp_path
 
 def test_elbo_in_sample(costs_file, tiny, tmp_path, capsys):
     model, data = tiny
-    assert cli.main(["elbo", *MODEL, "--quiet", "--costs", str(costs_file), "--steps", "4", "--in-sample",
-                     "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "elbo",
+                *MODEL,
+                "--quiet",
+                "--costs",
+                str(costs_file),
+                "--steps",
+                "4",
+                "--in-sample",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     assert "in-sample" in capsys.readouterr().out
     e = json.loads((tmp_path / "e.json").read_text())
     costs = dpddpm.CostMatrix.load(costs_file)
@@ -456,8 +535,9 @@ def test_elbo_in_sample(costs_file, tiny, tmp_path, capsys):
     _fails(["elbo", *MODEL, "--costs", other, "--steps", "4", "--in-sample"], capsys)  # not the matrix's images
 
 
-@pytest.mark.parametrize("exc, code, what", [(Terminated(), 143, "terminated (SIGTERM)"),
-                                             (KeyboardInterrupt(), 130, "interrupted")])
+@pytest.mark.parametrize(
+    "exc, code, what", [(Terminated(), 143, "terminated (SIGTERM)"), (KeyboardInterrupt(), 130, "interrupted")]
+)
 def test_stopped_runs_say_where_the_rows_are(exc, code, what, tiny, tmp_path, capsys, monkeypatch):
     def stopped(model, data, *, checkpoint, **kwargs):
         dpddpm.CostMatrix(kl=np.ones((T + 1, T + 1)), decoder=np.ones(T + 1), prior=np.ones(T + 1)).save(checkpoint)
@@ -466,8 +546,9 @@ def test_stopped_runs_say_where_the_rows_are(exc, code, what, tiny, tmp_path, ca
     monkeypatch.setattr(dpddpm.costs, "cost_matrix", stopped)
     out = tmp_path / "c.npz"
     assert cli.main(["costs", *MODEL, "--quiet", "--out", str(out)]) == code
-    assert capsys.readouterr().err == (f"dpddpm costs: {what}; finished rows are saved in {out}; "
-                                       "continue with --resume\n")
+    assert capsys.readouterr().err == (
+        f"dpddpm costs: {what}; finished rows are saved in {out}; continue with --resume\n"
+    )
 
 
 def test_out_of_gpu_memory_says_lower_the_batch_size(tiny, tmp_path, capsys, monkeypatch):

@@ -1,0 +1,219 @@
+"""The subcommands: each checks its outputs, loads what its options name (:mod:`.inputs`), calls the library
+and prints what it did. ``args.rows_file`` tells the error report where a stopped cost-matrix run left its rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..files import atomic_write, npz_path, write_json
+from ..sharding import Shard
+from . import inputs
+from .errors import UsageError
+from .inputs import check_output
+
+
+def _times(sched: np.ndarray) -> list[int]:
+    return [int(t) for t in sched]
+
+
+def shard_of(args: argparse.Namespace) -> Shard:
+    """--shard-index with --num-shards, else torchrun's RANK and WORLD_SIZE, else the single shard."""
+    if args.shard_index is None and args.num_shards is None:
+        return Shard.from_environ()
+    if args.shard_index is None or args.num_shards is None:
+        raise UsageError("--shard-index and --num-shards go together")
+    return Shard(args.shard_index, args.num_shards)
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from ..costs import cost_matrix
+
+    shard = shard_of(args)
+    device = shard.device(inputs.device(args.device))
+    check_output(args.out, example="costs.npz")  # a folder given as --out, then the file written (.npz added)
+    out = check_output(npz_path(shard.output(args.out)), example="costs.npz")
+    args.device = str(device)
+    args.rows_file = out
+    model = inputs.load_model(args)
+    data = inputs.load_data(args)
+    costs = cost_matrix(
+        model,
+        data,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.quiet,
+        seed=args.seed,
+        rows=shard.rows(model.T),
+        checkpoint=out,
+        resume=args.resume,
+        save_every=args.save_every,
+        autocast=args.autocast,
+    )
+    print(f"wrote {out}: {costs!r}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ..costmatrix import CostMatrix
+
+    out = check_output(npz_path(args.out), example="costs.npz")
+    forgot = "Did you forget the OUT argument? Usage: dpddpm merge OUT PART [PART ...]"
+    for part in args.parts:  # e.g. OUT also matched by the parts' glob: the merge would replace an input
+        if Path(part).resolve() == out.resolve():
+            raise UsageError(
+                f"the output {args.out} is also an input ({part}): merging would overwrite that shard. {forgot}"
+            )
+    parts = [CostMatrix.load(inputs.require_file(p, "partial cost matrix")) for p in args.parts]
+    merged = CostMatrix.merge(parts, names=args.parts)  # refuses other models or data, and rows counted twice
+    if not args.allow_partial:
+        try:
+            merged.require_complete()
+        except ValueError as exc:  # `dpddpm merge c.rank*.npz` takes the first shard for OUT: say so
+            raise ValueError(
+                f"{exc}. {out} exists and is not one of the parts. {forgot}" if out.exists() else str(exc)
+            ) from None
+    path = merged.save(out)
+    print(f"wrote {path}: {merged!r}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output(args.json, example="schedule.json")
+    costs = inputs.load_costs(args.costs)
+    sched, bpd = inputs.best_schedule(costs, args.steps, args.start)
+    K = len(sched)
+    print(f"optimal {K}-step schedule (T = {costs.T}, start = {args.start}): {bpd:.6f} bits/dim in-sample")
+    print(" ".join(map(str, _times(sched))))
+    print(
+        f"(a per-image standard error needs the model and the matrix's data: dpddpm elbo MODEL DATA "
+        f"--costs {args.costs} --steps {K} --in-sample)"
+    )
+    if args.json:
+        write_json(args.json, {"T": costs.T, "K": K, "start": args.start, "bpd": bpd, "schedule": _times(sched)})
+    return 0
+
+
+def cmd_elbo(args: argparse.Namespace) -> int:
+    from ..evaluate import elbo, in_sample_elbo
+
+    if args.json:
+        check_output(args.json, example="elbo.json")
+    if args.in_sample and inputs.schedule_source(args) != "costs":
+        raise UsageError(
+            "--in-sample needs --costs FILE --steps K: it re-evaluates that matrix's schedule on the "
+            "matrix's own images and noise"
+        )
+    model = inputs.load_model(args)
+    data = inputs.load_data(args)
+    if args.in_sample:
+        costs = inputs.load_costs(args.costs, model)
+        sched = inputs.best_schedule(costs, args.steps, args.start)[0]
+        est = in_sample_elbo(model, data, costs, sched, batch_size=args.batch_size, progress=not args.quiet)
+        what = f"in-sample ELBO (the cost matrix's own images and noise) of the {len(sched)}-step schedule"
+    else:
+        sched = inputs.load_schedule(args, model)
+        est = elbo(model, data, sched, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+        what = f"ELBO of the {len(sched)}-step schedule"
+    print(f"{what} on {len(data)} data points: {est.bpd:.6f} ± {est.stderr:.6f} bits/dim")
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "bpd": est.bpd,
+                "stderr": est.stderr,
+                "n": int(len(data)),
+                "in_sample": bool(args.in_sample),
+                "schedule": _times(sched),
+                "terms": est.terms.tolist(),
+            },
+        )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ..grids import save_grid
+    from ..sampling import ddim_sample, sample
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy, got {out.name}")
+    if args.n < 1:
+        raise UsageError(f"-n must be >= 1, got {args.n}")
+    check_output(out, example=f"samples{out.suffix}")
+    model = inputs.load_model(args)
+    if out.suffix == ".png" and model.data_shape[0] not in (1, 3):
+        raise UsageError(
+            f"PNG output needs images of 1 or 3 channels, the model makes {tuple(model.data_shape)}; use .npy"
+        )
+    sched = inputs.load_schedule(args, model)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = (ddim_sample if args.ddim else sample)(model, sched, args.n, gen)
+    if out.suffix == ".npy":
+        array = x.cpu().numpy()
+        atomic_write(out, lambda fh: np.save(fh, array))
+    else:
+        save_grid(x, out, model.num_bins)
+    print(f"wrote {args.n} samples ({len(sched)} steps{', DDIM' if args.ddim else ''}) to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output(args.out, example="timesteps.json")
+    sched = inputs.load_schedule(args)
+    if args.format == "diffusers":
+        from ..external import to_diffusers_timesteps
+
+        obj = to_diffusers_timesteps(sched)
+    else:
+        obj = _times(sched)
+    if args.out:
+        print(f"wrote {write_json(args.out, obj)}")
+    else:
+        print(json.dumps(obj))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ..reproduce import markdown_table, reproduce, selection_and_test
+
+    if args.selection < 1 or args.test < 1:
+        raise UsageError("--selection and --test must be >= 1")
+    if args.data is None and not args.pretrained:
+        raise UsageError(
+            "--data PATH is needed (the bundled --pretrained digits models default to the "
+            "digits selection and test splits)"
+        )
+    out = check_output(args.out, folder=True)
+    args.rows_file = out / "costs.npz"
+    model = inputs.load_model(args)
+    selection, test = selection_and_test(
+        args.data,
+        selection_split=args.selection_split,
+        test_split=args.test_split,
+        n_selection=args.selection,
+        n_test=args.test,
+    )
+    name = args.pretrained or args.preset or Path(args.checkpoint or args.diffusers).stem
+    res = reproduce(
+        model,
+        selection,
+        test,
+        out,
+        steps=args.steps,
+        skip_full=args.skip_full,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        seed=args.seed,
+        progress=not args.quiet,
+        name=name,
+    )
+    print(markdown_table(res))
+    print(f"wrote {out / 'results.json'}, results.md, results.png")
+    return 0

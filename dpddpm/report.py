@@ -1,0 +1,123 @@
+"""How :func:`dpddpm.reproduce` results read: a markdown table in the style of the paper's Table 1, a figure of
+bits/dim against K, and the three files of an output folder (``results.json``, ``results.md``, ``results.png``).
+
+A results dictionary (see :func:`dpddpm.reproduce`) holds, per budget K, the ``dp``, ``even`` and ``quadratic``
+schedules' ``test_bpd``/``test_stderr`` and in-sample ``selection_bpd``/``selection_stderr``, the strides'
+paired ``test_minus_dp``/``test_minus_dp_stderr``, the ``full`` chain of all T steps and ``timing`` in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .files import atomic_write, write_json
+from .grids import save_figure
+
+KINDS = (("even", "even stride"), ("quadratic", "quadratic stride"), ("dp", "DP (test)"))
+
+
+def write_results(results: dict, out_dir: str | Path) -> None:
+    """``results.json``, ``results.md`` and ``results.png`` in ``out_dir``, each written atomically."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "results.json", results)
+    write_markdown(out_dir / "results.md", markdown_table(results))
+    plot(results, out_dir / "results.png")
+
+
+def write_markdown(path: str | Path, text: str) -> Path:
+    """Write markdown text (with a final newline) atomically."""
+    data = (text.rstrip("\n") + "\n").encode()
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def _cell(entry: Mapping, key: str, decimals: int) -> str:
+    return f"{entry[key + '_bpd']:.{decimals}f} ± {entry[key + '_stderr']:.{decimals}f}"
+
+
+def _diff(entry: Mapping, decimals: int) -> str:
+    return f"{entry['test_minus_dp']:+.{decimals}f} ± {entry['test_minus_dp_stderr']:.{decimals}f}"
+
+
+def _k(k: int | None) -> str:
+    return "none" if k is None else f"K = {k}"
+
+
+def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
+    """Table 1 style: test bits/dim (± standard error over images) of each schedule, the DP's in-sample figure,
+    the strides' paired excess over the DP, the "within gap" summary and the timings. ``level``: heading level."""
+    d = decimals
+    full = results["full"]
+    lines = [
+        f"{'#' * level} {results['model']} ({results['variance']}): bits/dim by number of steps K (T = {results['T']})",
+        "",
+        f"Test ELBOs on {results['n_test']} held-out images (noise seed {results.get('test_seed', '?')}); the "
+        f"DP schedules were chosen on a cost matrix of {results['n_selection']} selection images (seed "
+        f"{results['seed']}; in-sample column). Errors are standard errors over images; the last two columns "
+        "are paired differences on the same test images.",
+        "",
+        "| K | even stride | quadratic stride | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['K']} | {_cell(r['even'], 'test', d)} | {_cell(r['quadratic'], 'test', d)} | "
+            f"{_cell(r['dp'], 'test', d)} | {_cell(r['dp'], 'selection', d)} | {_diff(r['even'], d)} | "
+            f"{_diff(r['quadratic'], d)} |"
+        )
+    if full is not None:  # at K = T every schedule is the full chain
+        f = _cell(full, "test", d)
+        lines.append(f"| {full['K']} (full chain) | {f} | {f} | {f} | {_cell(full, 'selection', d)} | | |")
+        if full.get("test_source") == "given":
+            lines += ["", "The full chain's test ELBO was given (a model card's), not estimated in this run."]
+    w = results.get("within_gap")
+    if w is not None:
+        k_max = max(r["K"] for r in results["rows"])
+        lines += [
+            "",
+            f"Smallest K with the DP within {w['gap_bpd']} bits/dim of the full chain: in-sample "
+            f"{_k(w['selection_any_K'])} (any K ≤ {k_max}), test {_k(w['test_listed_K'])} (of the listed K).",
+        ]
+    t = results["timing"]
+    threads = results.get("torch_threads")
+    lines += ["", f"| phase ({results['device']}, torch threads: {threads or '?'}) | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in t.items() if k.endswith("_s")]
+    lines.append(
+        f"\nCost matrix wall time / network-only time: {t['cost_matrix_ratio']:.3f}; "
+        f"whole pipeline / all its network calls: {t['total_ratio']:.3f}\n"
+    )
+    return "\n".join(lines)
+
+
+def plot(results: dict | Sequence[dict], path: str | Path, *, baseline: Mapping | None = None) -> None:
+    """Test bits/dim against K (log-log) for the three schedule families, one panel per results dictionary;
+    the DP's in-sample figure dashed, all T steps and an optional ``baseline`` (``"bpd"``) as lines. PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [results] if isinstance(results, dict) else list(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, res in zip(axes[0], panels):
+        ks = [r["K"] for r in res["rows"]]
+        for kind, label in KINDS:
+            yerr = [0 if math.isnan(r[kind]["test_stderr"]) else r[kind]["test_stderr"] for r in res["rows"]]
+            ax.errorbar(
+                ks, [r[kind]["test_bpd"] for r in res["rows"]], yerr=yerr, marker="o", ms=3, capsize=2, label=label
+            )
+        ax.plot(ks, [r["dp"]["selection_bpd"] for r in res["rows"]], "k--", lw=1, label="DP (in-sample)")
+        if res["full"] is not None:
+            ax.axhline(res["full"]["test_bpd"], color="gray", lw=1, label=f"full chain (T = {res['T']})")
+        if baseline is not None:
+            ax.axhline(baseline["bpd"], color="gray", ls=":", lw=1, label=baseline.get("label", "baseline"))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("K (network calls)")
+        ax.set_title(f"{res['model']} ({res['variance']})")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("test ELBO, bits/dim")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

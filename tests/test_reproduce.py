@@ -1,0 +1,90 @@
+"""The Table-1 pipeline as a library: the selection/test split, the protocol's seeds and batch sizes, the
+"within gap" summary, a given full-chain ELBO, and a run that writes nothing."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from toy_models import discrete_data, tiny_model
+
+import dpddpm
+from dpddpm.reproduce import reproduce, selection_and_test, smallest_k_within
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 4, 4), dtype=np.uint8)
+
+
+def test_one_pool_is_split_without_overlap(tmp_path):
+    np.savez(tmp_path / "x.npz", data=_images(10, 0))
+    pool = dpddpm.load_images(tmp_path / "x.npz")
+    selection, test = selection_and_test(tmp_path / "x.npz", n_selection=4, n_test=3)
+    assert torch.equal(selection, pool[:4]) and torch.equal(test, pool[4:7])
+    selection, test = selection_and_test(tmp_path / "x.npz", n_selection=8, n_test=5)
+    assert torch.equal(test, pool[8:])  # only what is left after the selection images
+    with pytest.raises(ValueError, match="no test images are left"):
+        selection_and_test(tmp_path / "x.npz", n_selection=10)
+    with pytest.raises(ValueError, match="at least one"):
+        selection_and_test(tmp_path / "x.npz", n_test=0)
+
+
+def test_two_splits(tmp_path):
+    np.savez(tmp_path / "x.npz", a=_images(6, 0), b=_images(6, 1))
+    selection, test = selection_and_test(
+        tmp_path / "x.npz", selection_split="a", test_split="b", n_selection=5, n_test=2
+    )
+    assert torch.equal(selection, dpddpm.load_images(tmp_path / "x.npz", split="a")[:5])
+    assert torch.equal(test, dpddpm.load_images(tmp_path / "x.npz", split="b")[:2])
+
+
+def test_cifar10_defaults_to_train_and_test(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        batch = {b"data": np.random.default_rng(k).integers(0, 256, (2, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    selection, test = selection_and_test(folder, n_selection=3, n_test=2)
+    assert torch.equal(selection, dpddpm.load_images(folder, split="train", limit=3))
+    assert torch.equal(test, dpddpm.load_images(folder, split="test"))
+
+
+def test_digits_by_default():
+    selection, test = selection_and_test(n_selection=5, n_test=300)
+    assert torch.equal(selection, dpddpm.digits_split("selection")[:5])
+    assert torch.equal(test, dpddpm.digits_split("test"))
+
+
+def test_smallest_k_within():
+    assert smallest_k_within([2, 4, 8], [5.0, 1.25, 1.1], 1.0, 0.25) == 4
+    assert smallest_k_within([2, 4], [5.0, 3.0], 1.0, 0.1) is None
+
+
+def test_protocol_seeds_batch_sizes_and_summary(tmp_path):
+    model, selection, test = tiny_model(T=12), discrete_data(6, seed=1), discrete_data(5, seed=2)
+    res = reproduce(model, selection, test, steps=[2, 4], batch_size=64, test_batch_size=5, seed=3, progress=False)
+    assert not list(tmp_path.iterdir())  # no out_dir: nothing written
+    assert (res["seed"], res["test_seed"], res["test_batch_size"]) == (3, 4, 5)
+    costs = dpddpm.cost_matrix(model, selection, batch_size=64, seed=3, progress=False)
+    for row in res["rows"]:
+        for kind in ("dp", "even", "quadratic"):  # every test ELBO: seed + 1, test_batch_size
+            want = dpddpm.elbo(model, test, row[kind]["schedule"], batch_size=5, seed=4)
+            assert row[kind]["test_bpd"] == want.bpd and row[kind]["test_stderr"] == want.stderr
+            assert row[kind]["selection_bpd"] == pytest.approx(dpddpm.schedule_bpd(costs, row[kind]["schedule"]))
+    full = dpddpm.elbo(model, test, np.arange(12, 0, -1), batch_size=5, seed=4)
+    assert res["full"]["test_bpd"] == full.bpd and res["full"]["test_source"] == "fresh"
+    w = res["within_gap"]
+    best = dpddpm.optimal_schedules(costs, 4)
+    assert w["gap_bpd"] == 0.1 and w["selection_any_K"] == smallest_k_within(
+        range(2, 5), best.bpd_all(), res["full"]["selection_bpd"], 0.1
+    )
+    assert w["test_listed_K"] == smallest_k_within([2, 4], [r["dp"]["test_bpd"] for r in res["rows"]], full.bpd, 0.1)
+
+
+def test_given_full_chain_and_skipped_full_chain(tmp_path):
+    model, selection, test = tiny_model(T=12), discrete_data(6, seed=1), discrete_data(5, seed=2)
+    res = reproduce(model, selection, test, tmp_path, steps=[3], full_test={"bpd": 1.5, "stderr": 0.25}, progress=False)
+    assert res["full"]["test_bpd"] == 1.5 and res["full"]["test_source"] == "given"
+    assert "given" in (tmp_path / "results.md").read_text()
+    skipped = reproduce(model, selection, test, steps=[3], skip_full=True, progress=False)
+    assert skipped["full"] is None and skipped["within_gap"] is None
