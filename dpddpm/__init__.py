@@ -1,12 +1,15 @@
 """dpddpm: ELBO-optimal step schedules for pretrained DDPMs by dynamic programming (Watson et al., 2021)."""
 
+from .checkpoint import cost_matrix_resumable
 from .costmatrix import CostMatrix
-from .costs import cost_matrix
+from .costs import CostRun, cost_matrix
 from .digits import PRETRAINED, digits_split, load_pretrained, model_card
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_terms
 from .evaluate import ELBOEstimate, elbo, in_sample_elbo
 from .external import (
     PRESETS as IMPROVED_DIFFUSION_PRESETS,
+)
+from .external import (
     CheckpointMismatchError,
     UNetModel,
     build_improved_diffusion_unet,
@@ -18,6 +21,7 @@ from .external import (
 )
 from .model import DDPM
 from .reproduce import reproduce
+from .runinfo import RunInfo
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
 from .strides import ddim_schedule, even_schedule, quadratic_schedule
@@ -26,10 +30,39 @@ from .terms import edge_bpd, prior_bpd
 __version__ = "0.1.0"
 
 __all__ = [
-    "CostMatrix", "DDPM", "ELBOEstimate", "NoiseSchedule", "OptimalSchedules", "cost_matrix", "ddim_sample",
-    "edge_bpd", "elbo", "even_schedule", "optimal_schedules", "prior_bpd", "quadratic_schedule", "sample",
-    "schedule_bpd", "schedule_terms", "in_sample_elbo", "IMPROVED_DIFFUSION_PRESETS", "CheckpointMismatchError",
-    "build_improved_diffusion_unet", "load_diffusers", "load_improved_diffusion", "UNetModel",
-    "to_diffusers_timesteps", "diffusers_scheduler_config", "load_images", "digits_split", "PRETRAINED",
-    "load_pretrained", "model_card", "reproduce", "ddim_schedule",
+    "CostMatrix",
+    "DDPM",
+    "ELBOEstimate",
+    "NoiseSchedule",
+    "OptimalSchedules",
+    "cost_matrix",
+    "ddim_sample",
+    "edge_bpd",
+    "elbo",
+    "even_schedule",
+    "optimal_schedules",
+    "prior_bpd",
+    "quadratic_schedule",
+    "sample",
+    "schedule_bpd",
+    "schedule_terms",
+    "in_sample_elbo",
+    "IMPROVED_DIFFUSION_PRESETS",
+    "CheckpointMismatchError",
+    "build_improved_diffusion_unet",
+    "load_diffusers",
+    "load_improved_diffusion",
+    "UNetModel",
+    "to_diffusers_timesteps",
+    "diffusers_scheduler_config",
+    "load_images",
+    "digits_split",
+    "PRETRAINED",
+    "load_pretrained",
+    "model_card",
+    "reproduce",
+    "ddim_schedule",
+    "RunInfo",
+    "CostRun",
+    "cost_matrix_resumable",
 ]

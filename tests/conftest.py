@@ -9,16 +9,13 @@ directory is ``book/``.
 The plugin is registered globally from ``pytest_configure`` so that it also applies to ``book/`` (a
 ``conftest.py`` hook would only see files under ``tests/``); ``book`` has to be among the collected paths,
 e.g. ``testpaths = ["tests", "book"]`` in pyproject.toml or ``pytest tests book``.
-Set ``DPDDPM_SKIP_BOOK=1`` to skip the chapters.
+Every chapter's cells carry the registered marker ``book``: ``pytest -m "not book"`` runs the unit tests alone.
 """
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
-
-import pytest
 
 BOOK_DIR = (Path(__file__).resolve().parent.parent / "book").resolve()
 
@@ -35,8 +32,6 @@ class _BookPlugin:
     def pytest_collect_file(self, file_path, parent):
         path = Path(file_path).resolve()
         if path.suffix != ".md" or path.parent != BOOK_DIR or not _has_jupytext_header(path):
-            return None
-        if os.environ.get("DPDDPM_SKIP_BOOK"):
             return None
         return MarkdownNotebook.from_parent(parent, path=Path(file_path))
 
@@ -62,12 +57,14 @@ def _markdown_notebook_class():
                 options = defaultdict(bool, find_metadata_tags(cell.metadata))
                 options.update(dict(find_comment_markers(cell.source)))
                 options["check"] = False  # lax: execute only
-                yield IPyNbCell.from_parent(self, name=f"Cell {cell_num}", cell_num=cell_num, cell=cell,
-                                            options=options)
+                item = IPyNbCell.from_parent(
+                    self, name=f"Cell {cell_num}", cell_num=cell_num, cell=cell, options=options
+                )
+                item.add_marker("book")
+                yield item
                 cell_num += 1
 
     return MarkdownNotebook
-
 
 
 MarkdownNotebook = None

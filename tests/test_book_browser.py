@@ -20,9 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "_build" / "html"
 SHOTS = ROOT / "_build" / "ci-screenshots"
 REQUIRED = os.environ.get("DPDDPM_BROWSER_TEST") == "1"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-extensions",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 # Pages to check: the landing page (math in text) and a chapter with math and embedded figures.
 PAGES = [("book/intro.html", False), ("book/03_cost_matrix.html", True)]
 
@@ -50,8 +60,9 @@ def _need(condition: bool, why: str) -> None:
 
 
 def _run(browser: str, args: list[str], profile: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [browser, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("page,has_figures", PAGES)
@@ -69,8 +80,11 @@ def test_page_renders_offline(page: str, has_figures: bool) -> None:
     url = path.as_uri()
     with tempfile.TemporaryDirectory() as profile:
         # --dump-dom prints the DOM after scripts ran; the budget lets MathJax typeset the page
-        dom = _run(browser, ["--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw",
-                             "--dump-dom", url], profile).stdout
+        dom = _run(
+            browser,
+            ["--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw", "--dump-dom", url],
+            profile,
+        ).stdout
         assert "<mjx-container" in dom, f"MathJax did not typeset {page}"
         assert "<mjx-merror" not in dom, f"MathJax reported a TeX error on {page}"
         if has_figures:
@@ -82,8 +96,7 @@ def test_page_renders_offline(page: str, has_figures: bool) -> None:
                     assert (path.parent / src).resolve().is_file(), f"figure {src} of {page} is missing"
         SHOTS.mkdir(parents=True, exist_ok=True)
         shot = SHOTS / (Path(page).stem + ".png")
-        _run(browser, ["--virtual-time-budget=15000", "--window-size=1280,2000",
-                       f"--screenshot={shot}", url], profile)
+        _run(browser, ["--virtual-time-budget=15000", "--window-size=1280,2000", f"--screenshot={shot}", url], profile)
         assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page}"
 
 
@@ -102,11 +115,16 @@ def test_figures_load_in_browser() -> None:
         " var imgs = Array.from(d.images); var bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0));"
         " var mj = d.querySelectorAll('mjx-container').length;"
         " document.getElementById('out').textContent = 'imgs=' + imgs.length + ' bad=' + bad.length + ' mjx=' + mj;"
-        " }, 5000); };</script></body></html>", encoding="utf-8")
+        " }, 5000); };</script></body></html>",
+        encoding="utf-8",
+    )
     try:
         with tempfile.TemporaryDirectory() as profile:
-            dom = _run(browser, ["--allow-file-access-from-files", "--virtual-time-budget=20000", "--dump-dom",
-                                 probe.as_uri()], profile).stdout
+            dom = _run(
+                browser,
+                ["--allow-file-access-from-files", "--virtual-time-budget=20000", "--dump-dom", probe.as_uri()],
+                profile,
+            ).stdout
     finally:
         probe.unlink(missing_ok=True)
     m = re.search(r"imgs=(\d+) bad=(\d+) mjx=(\d+)", dom)

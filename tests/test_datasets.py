@@ -125,8 +125,18 @@ def _cifar_batch(content: bytes):
     return make
 
 
-@pytest.mark.parametrize("make", [_npz_cut_short, _npz_not_a_zip, _npz_bad_crc, _png_garbage, _png_cut_short,
-                                  _cifar_batch(b"not a pickle"), _cifar_batch(pickle.dumps({b"data": 1})[:-3])])
+@pytest.mark.parametrize(
+    "make",
+    [
+        _npz_cut_short,
+        _npz_not_a_zip,
+        _npz_bad_crc,
+        _png_garbage,
+        _png_cut_short,
+        _cifar_batch(b"not a pickle"),
+        _cifar_batch(pickle.dumps({b"data": 1})[:-3]),
+    ],
+)
 def test_corrupt_files_are_named(make, tmp_path):
     path, bad = make(tmp_path)
     with pytest.raises(ValueError, match="truncated or corrupt") as info:

@@ -79,8 +79,7 @@ def test_more_steps_never_hurt_when_costs_obey_the_triangle_inequality() -> None
     t = np.arange(T + 1)
     g = np.sqrt(t + 1.0)
     kl = np.where((t[None, :] >= 1) & (t[None, :] < t[:, None]), (g[:, None] - g[None, :]) ** 2, np.nan)
-    costs = dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan,
-                              np.zeros(T)])
+    costs = dpddpm.CostMatrix(kl=kl, decoder=np.r_[np.nan, np.nan, np.ones(T - 1)], prior=np.r_[np.nan, np.zeros(T)])
     bpd = dpddpm.optimal_schedules(costs, T).bpd_all()
     for more, fewer in zip(bpd[1:], bpd[:-1]):
         assert_at_most(more, fewer)

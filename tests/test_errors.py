@@ -4,19 +4,22 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import dpddpm
 from toy_models import discrete_data, tiny_model
 
+import dpddpm
 
-@pytest.mark.parametrize("bad,match", [
-    ([12, 6, 6, 1], "strictly decreasing"),
-    ([12, 6, 8, 1], "strictly decreasing"),
-    ([12, 6, 2], "end at t_1 = 1"),
-    ([13, 6, 1], "cannot start above T"),
-    ([1], "at least 2"),
-    ([12.5, 1], "integers"),
-])
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ([12, 6, 6, 1], "strictly decreasing"),
+        ([12, 6, 8, 1], "strictly decreasing"),
+        ([12, 6, 2], "end at t_1 = 1"),
+        ([13, 6, 1], "cannot start above T"),
+        ([1], "at least 2"),
+        ([12.5, 1], "integers"),
+    ],
+)
 def test_bad_schedules(bad, match):
     model = tiny_model(T=12)
     with pytest.raises(ValueError, match=match):
@@ -43,8 +46,7 @@ class NaNNet(nn.Module):
 
 
 def test_nan_model_output_is_reported():
-    model = dpddpm.DDPM(NaNNet(), dpddpm.NoiseSchedule.cosine(6), "learned_range", data_shape=(1, 4, 4),
-                        num_bins=17)
+    model = dpddpm.DDPM(NaNNet(), dpddpm.NoiseSchedule.cosine(6), "learned_range", data_shape=(1, 4, 4), num_bins=17)
     with pytest.raises(FloatingPointError, match="model output"):
         dpddpm.cost_matrix(model, discrete_data(3), progress=False)
 

@@ -1,13 +1,13 @@
-"""In-sample ELBOs: the matrix's own value of a schedule, replayed image by image, with the right standard error."""
+"""ELBO estimates per image: fresh (elbo) and in-sample (in_sample_elbo, the matrix replayed with its own noise)."""
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from toy_models import GAUSSIAN_BINS, discrete_data, gaussian_model, tiny_model
 
 import dpddpm
-from toy_models import GAUSSIAN_BINS, discrete_data, gaussian_model, tiny_model
 
 
 @pytest.mark.parametrize("variance", ["learned_range", "fixed_small", "fixed_large"])
@@ -59,13 +59,14 @@ def test_in_sample_standard_error_is_calibrated():
     sched = np.arange(T, 0, -1)
     values, errors, quadrature = [], [], []
     for j in range(subsets):
-        part = data[j * n:(j + 1) * n]
+        part = data[j * n : (j + 1) * n]
         costs = dpddpm.cost_matrix(model, part, progress=False, seed=j)
         est = dpddpm.in_sample_elbo(model, part, costs, sched)
         values.append(est.bpd)
         errors.append(est.stderr)
-        quadrature.append(np.sqrt(np.sum(costs.stderr[sched[:-1], sched[1:]] ** 2)
-                                  + costs.decoder_stderr[sched[-2]] ** 2))
+        quadrature.append(
+            np.sqrt(np.sum(costs.stderr[sched[:-1], sched[1:]] ** 2) + costs.decoder_stderr[sched[-2]] ** 2)
+        )
     spread = np.std(values, ddof=1)
     assert 0.5 < spread / np.mean(errors) < 2, (spread, np.mean(errors))
     assert spread / np.mean(quadrature) > 2  # the old figure fails the same check
@@ -80,8 +81,9 @@ def test_paired_standard_error_of_two_schedules_on_the_same_images():
     assert a.paired_stderr(b) == pytest.approx(diff.std(ddof=1) / np.sqrt(60))
     assert a.paired_stderr(b) < np.hypot(a.stderr, b.stderr)
     with pytest.raises(ValueError, match="same images"):
-        a.paired_stderr(dpddpm.in_sample_elbo(model, data[:30], dpddpm.cost_matrix(model, data[:30], progress=False),
-                                              [12, 1]))
+        a.paired_stderr(
+            dpddpm.in_sample_elbo(model, data[:30], dpddpm.cost_matrix(model, data[:30], progress=False), [12, 1])
+        )
 
 
 def test_in_sample_elbo_refuses_what_it_cannot_replay():
@@ -100,15 +102,22 @@ def test_in_sample_elbo_refuses_what_it_cannot_replay():
         dpddpm.in_sample_elbo(tiny_model(T=8, variance="fixed_small"), data, costs, [8, 1])
     partial = dpddpm.cost_matrix(model, data, progress=False, rows=[8, 1])
     assert dpddpm.in_sample_elbo(model, data, partial, [8, 1]).bpd == pytest.approx(
-        dpddpm.in_sample_elbo(model, data, costs, [8, 1]).bpd, rel=1e-6)
+        dpddpm.in_sample_elbo(model, data, costs, [8, 1]).bpd, rel=1e-6
+    )
     with pytest.raises(ValueError, match=r"rows \[4\]"):
         dpddpm.in_sample_elbo(model, data, partial, [8, 4, 1])
-    halves = dpddpm.CostMatrix.merge([dpddpm.cost_matrix(model, d, progress=False, seed=k)
-                                      for k, d in enumerate((data[:5], data[5:]))])
+    halves = dpddpm.CostMatrix.merge(
+        [dpddpm.cost_matrix(model, d, progress=False, seed=k) for k, d in enumerate((data[:5], data[5:]))]
+    )
     with pytest.raises(ValueError, match="data shards"):
         dpddpm.in_sample_elbo(model, data, halves, [8, 1])
-    on_cuda = dpddpm.CostMatrix(kl=costs.kl, decoder=costs.decoder, prior=costs.prior, counts=costs.counts,
-                                meta=dict(costs.meta, noise_device="cuda"))
+    on_cuda = dpddpm.CostMatrix(
+        kl=costs.kl,
+        decoder=costs.decoder,
+        prior=costs.prior,
+        counts=costs.counts,
+        meta=dict(costs.meta, noise_device="cuda"),
+    )
     with pytest.raises(ValueError, match="device='cuda'"):
         dpddpm.in_sample_elbo(model, data, on_cuda, [8, 1], device="cpu")
     hand_built = dpddpm.CostMatrix(kl=costs.kl, decoder=costs.decoder, prior=costs.prior)
@@ -134,3 +143,17 @@ def test_reproduce_reports_per_image_and_paired_errors(tmp_path):
     full = res["full"]
     assert full["selection_stderr"] > 0 and np.isfinite(full["test_stderr"])
     assert "quadratic − DP" in (tmp_path / "results.md").read_text()
+
+
+def test_elbo_agrees_with_the_cost_matrix():
+    """A fresh estimate of a schedule's ELBO agrees with the matrix's in-sample value on the same images, within
+    the paired standard error of their per-image difference (the images are shared, the noise is not)."""
+    model = tiny_model(T=12, variance="learned_range")
+    data = discrete_data(400, seed=1)
+    costs = dpddpm.cost_matrix(model, data, batch_size=2048, progress=False, seed=0)
+    for sched in ([12, 7, 3, 1], [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1], [9, 1]):
+        est = dpddpm.elbo(model, data, sched, seed=11)
+        mat = dpddpm.in_sample_elbo(model, data, costs, sched)
+        assert abs(est.bpd - mat.bpd) < 3.5 * est.paired_stderr(mat), (sched, est, mat)
+        assert est.terms.shape == (len(sched) + 1,)
+        np.testing.assert_allclose(est.terms.sum(), est.bpd, rtol=1e-12)

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from dpddpm.external import diffusers_scheduler_config, to_diffusers_timesteps
 from dpddpm.external import (
     IMPROVED_DIFFUSION_DEFAULTS,
     PRESETS,
     CheckpointMismatchError,
     build_improved_diffusion_unet,
+    diffusers_scheduler_config,
     improved_diffusion_flags,
     load_diffusers,
     load_improved_diffusion,
+    to_diffusers_timesteps,
 )
 from dpddpm.schedule import NoiseSchedule
 from dpddpm.terms import edge_bpd, jump_log_variance, predict_x0, prior_bpd
@@ -76,7 +77,13 @@ def test_golden_terms(golden: dict, golden_model) -> None:
         ref_out = term["model_out"]
         torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5 * float(ref_out.abs().max()))
         bpd = edge_bpd(
-            sched, t, s, x0, term["x_t"].double(), eps, v,
+            sched,
+            t,
+            s,
+            x0,
+            term["x_t"].double(),
+            eps,
+            v,
             variance="learned_range",
             t_above=term["t_above"] if s == 0 else None,
             clip_denoised=term["clip_denoised"],
@@ -90,8 +97,9 @@ def test_golden_prior_and_totals(golden: dict, golden_model) -> None:
     x0 = golden["x_start"].double()
     sched = golden_model.schedule
     for chain in ("respaced", "full_chain"):
-        torch.testing.assert_close(prior_bpd(sched, sched.T, x0), golden[chain]["prior_bpd"].double(),
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            prior_bpd(sched, sched.T, x0), golden[chain]["prior_bpd"].double(), rtol=1e-4, atol=1e-6
+        )
     # total = prior + every term of the 10-step schedule, for both clip settings.
     for clip, key in ((True, "total_bpd_clip"), (False, "total_bpd_noclip")):
         total = prior_bpd(sched, sched.T, x0)
@@ -99,8 +107,18 @@ def test_golden_prior_and_totals(golden: dict, golden_model) -> None:
             if term["clip_denoised"] != clip:
                 continue
             eps, v = golden_model.predict(term["x_t"], torch.full((2,), term["t"]))
-            total = total + edge_bpd(sched, term["t"], term["s"], x0, term["x_t"].double(), eps, v,
-                                     variance="learned_range", t_above=term["t_above"], clip_denoised=clip)
+            total = total + edge_bpd(
+                sched,
+                term["t"],
+                term["s"],
+                x0,
+                term["x_t"].double(),
+                eps,
+                v,
+                variance="learned_range",
+                t_above=term["t_above"],
+                clip_denoised=clip,
+            )
         torch.testing.assert_close(total, golden["respaced"][key].double(), rtol=1e-4, atol=1e-6)
 
 
@@ -116,8 +134,12 @@ def test_flags_resolution_order() -> None:
     assert f["rescale_timesteps"] is True and f["attention_resolutions"] == "16,8"  # defaults
     assert improved_diffusion_flags()["num_res_blocks"] == IMPROVED_DIFFUSION_DEFAULTS["num_res_blocks"] == 2
     assert improved_diffusion_flags(attention_resolutions=[16])["attention_resolutions"] == "16"
-    assert set(PRESETS) == {"cifar10_uncond_50M_500K", "cifar10_uncond_vlb_50M_500K",
-                            "imagenet64_uncond_100M_1500K", "imagenet64_uncond_vlb_100M_1500K"}
+    assert set(PRESETS) == {
+        "cifar10_uncond_50M_500K",
+        "cifar10_uncond_vlb_50M_500K",
+        "imagenet64_uncond_100M_1500K",
+        "imagenet64_uncond_vlb_100M_1500K",
+    }
 
 
 def test_unknown_flag_and_preset() -> None:
@@ -132,8 +154,15 @@ def test_unknown_flag_and_preset() -> None:
 
 
 def test_fixed_variance_linear_index_model(tmp_path: Path) -> None:
-    flags = dict(image_size=32, num_channels=32, num_res_blocks=1, sigma_small=True, rescale_timesteps=False,
-                 diffusion_steps=100, noise_schedule="linear")
+    flags = dict(
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        sigma_small=True,
+        rescale_timesteps=False,
+        diffusion_steps=100,
+        noise_schedule="linear",
+    )
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
     torch.save(build_improved_diffusion_unet(**flags).state_dict(), path)
@@ -165,8 +194,10 @@ def test_mismatch_names_the_matching_preset(golden: dict, tmp_path: Path) -> Non
     """A released-size checkpoint loaded with wrong flags: the error points at the right preset."""
     from dpddpm.external.improved_diffusion import _meta_shapes, _mismatch_message
 
-    state = {k: torch.empty(shape, device="meta") for k, shape in
-             _meta_shapes(improved_diffusion_flags("imagenet64_uncond_100M_1500K")).items()}
+    state = {
+        k: torch.empty(shape, device="meta")
+        for k, shape in _meta_shapes(improved_diffusion_flags("imagenet64_uncond_100M_1500K")).items()
+    }
     flags = improved_diffusion_flags("cifar10_uncond_50M_500K")
     msg = _mismatch_message(tmp_path / "x.pt", flags, state, _meta_shapes(flags))
     assert "match preset(s) imagenet64_uncond_100M_1500K, imagenet64_uncond_vlb_100M_1500K" in msg
@@ -176,7 +207,8 @@ def test_unexpected_keys_are_listed(golden: dict, tmp_path: Path) -> None:
     state = dict(golden["state_dict"], **{"label_emb.weight": torch.zeros(1000, 128)})
     path = tmp_path / "cond.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)unexpected keys \(1\): label_emb.weight.*class-conditional"):
+    expected = r"(?s)unexpected keys \(1\): label_emb.weight.*class-conditional"
+    with pytest.raises(CheckpointMismatchError, match=expected):
         load_improved_diffusion(path, **golden["flags"])
 
 
@@ -204,8 +236,13 @@ def test_to_diffusers_timesteps() -> None:
     assert to_diffusers_timesteps([1000, 500, 20, 1]) == [999, 499, 19, 0]
     assert to_diffusers_timesteps(np.array([4, 2, 1]), T=4) == [3, 1, 0]
     assert to_diffusers_timesteps(torch.tensor([2, 1])) == [1, 0]
-    for bad, msg in [([5, 5, 1], "strictly decreasing"), ([1, 5], "strictly decreasing"),
-                     ([9, 4, 2], "end at"), ([3.5, 1], "integers"), ([1], "at least 2")]:
+    for bad, msg in [
+        ([5, 5, 1], "strictly decreasing"),
+        ([1, 5], "strictly decreasing"),
+        ([9, 4, 2], "end at"),
+        ([3.5, 1], "integers"),
+        ([1], "at least 2"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             to_diffusers_timesteps(bad)
     with pytest.raises(ValueError, match="above T"):
@@ -228,9 +265,15 @@ def _tiny_unet(out_channels: int = 3):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=out_channels, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8,
+        sample_size=8,
+        in_channels=3,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
     )
     return unet.eval()
 
@@ -266,8 +309,9 @@ def test_load_diffusers_fixed_large(tmp_path: Path) -> None:
 def test_load_diffusers_top_level_layout(tmp_path: Path) -> None:
     diffusers = pytest.importorskip("diffusers")
     _tiny_unet().save_pretrained(tmp_path)
-    diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_small_log",
-                            clip_sample=False).save_pretrained(tmp_path)
+    diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_small_log", clip_sample=False).save_pretrained(
+        tmp_path
+    )
     m = load_diffusers(tmp_path)
     assert m.variance == "fixed_small" and m.T == 20 and not m.clip_denoised
 
@@ -291,9 +335,11 @@ def test_load_diffusers_errors(tmp_path: Path) -> None:
     _tiny_unet().save_pretrained(tmp_path / "unet")
     with pytest.raises(FileNotFoundError, match="no scheduler"):
         load_diffusers(tmp_path)
-    for kwargs, msg in [(dict(prediction_type="v_prediction"), "prediction_type"),
-                        (dict(variance_type="learned"), "variance_type"),
-                        (dict(variance_type="learned_range"), "6 output channels")]:
+    for kwargs, msg in [
+        (dict(prediction_type="v_prediction"), "prediction_type"),
+        (dict(variance_type="learned"), "variance_type"),
+        (dict(variance_type="learned_range"), "6 output channels"),
+    ]:
         diffusers.DDPMScheduler(num_train_timesteps=10, **kwargs).save_pretrained(tmp_path / "scheduler")
         with pytest.raises((NotImplementedError, ValueError), match=msg):
             load_diffusers(tmp_path)
@@ -304,8 +350,11 @@ def test_load_diffusers_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(beta_schedule="squaredcos_cap_v2"), dict(beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02),
-     dict(trained_betas=np.linspace(1e-4, 0.01, 4000).tolist())],
+    [
+        dict(beta_schedule="squaredcos_cap_v2"),
+        dict(beta_schedule="scaled_linear", beta_start=1e-4, beta_end=0.02),
+        dict(trained_betas=np.linspace(1e-4, 0.01, 4000).tolist()),
+    ],
 )
 def test_diffusers_schedules_match(kwargs: dict) -> None:
     """Our float64 schedules equal diffusers' float32 ones to float32 accuracy (cumprod over 4000 steps)."""
@@ -340,7 +389,7 @@ def test_diffusers_ddpm_scheduler_steps_match_ours(tmp_path: Path, variance: str
     (our coefficients are float64: the samples agree to ~1e-4 here), has no ELBO decoder term, and that
     ``DDIMScheduler`` takes no timestep list at all.
     """
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     out_channels = 6 if variance == "learned_range" else 3
     _, scheduler = _save_pipeline(tmp_path, out_channels, variance_type=variance, clip_sample=clip)
     m = load_diffusers(tmp_path)

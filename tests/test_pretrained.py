@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import dpddpm
-from dpddpm.digits import digits_split
-from dpddpm.digits import PRETRAINED, load_pretrained, model_card
+from dpddpm.digits import PRETRAINED, digits_split, load_pretrained, model_card
 
 
 @pytest.fixture(scope="module")

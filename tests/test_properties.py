@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-import dpddpm
 from toy_models import discrete_data, tiny_model
 
+import dpddpm
 
 
 def examples(n: int) -> settings:
     """Settings for n derandomized examples (database=None: a derandomized run has nothing to replay)."""
     return settings(max_examples=n, deadline=None, derandomize=True, database=None)
+
 
 REL = 1e-9  # a different summation order of <= 10 terms differs by ~1e-15 relative; a wrong path by far more
 
@@ -50,8 +50,7 @@ def valid_edges(T: int) -> np.ndarray:
 
 def garbage(rng: np.random.Generator, kind: str, shape: tuple[int, ...]) -> np.ndarray:
     """An array of the given shape filled the way ``kind`` says (see GARBAGE)."""
-    fills = {"zeros": 0.0, "negative": -1.0, "huge_negative": -1e9, "nan": np.nan, "inf": np.inf,
-             "-inf": -np.inf}
+    fills = {"zeros": 0.0, "negative": -1.0, "huge_negative": -1e9, "nan": np.nan, "inf": np.inf, "-inf": -np.inf}
     if kind == "random":
         return rng.normal(scale=100.0, size=shape)
     return np.full(shape, fills[kind])
@@ -130,8 +129,12 @@ def test_dp_equals_brute_force_whatever_lies_outside_the_triangle(inputs: CostIn
 
 def baseline_strides(T: int, K: int) -> dict[str, np.ndarray]:
     """Every baseline stride for budget K: the paper's (start at T) and DDIM's (start below T)."""
-    return {"even": dpddpm.even_schedule(T, K), "quadratic": dpddpm.quadratic_schedule(T, K),
-            "ddim-quad": dpddpm.ddim_schedule(T, K, "quad"), "ddim-uniform": dpddpm.ddim_schedule(T, K, "uniform")}
+    return {
+        "even": dpddpm.even_schedule(T, K),
+        "quadratic": dpddpm.quadratic_schedule(T, K),
+        "ddim-quad": dpddpm.ddim_schedule(T, K, "quad"),
+        "ddim-uniform": dpddpm.ddim_schedule(T, K, "uniform"),
+    }
 
 
 @examples(120)
@@ -165,9 +168,16 @@ def whole_matrix(draw: st.DrawFn, max_T: int = 12) -> dpddpm.CostMatrix:
     stderr[valid] = kl[valid] * rng.uniform(0.01, 1.0, size=valid.sum())
     vector = lambda first: np.r_[np.full(first, np.nan), rng.exponential(size=T + 1 - first)]  # noqa: E731
     counts = np.r_[0, rng.integers(2, 300, size=T)]
-    return dpddpm.CostMatrix(kl=kl, decoder=vector(2), prior=vector(1), stderr=stderr,
-                             decoder_stderr=vector(2), prior_stderr=vector(1), counts=counts,
-                             meta={"T": T, "N": int(counts.max()), "model": "synthetic"})
+    return dpddpm.CostMatrix(
+        kl=kl,
+        decoder=vector(2),
+        prior=vector(1),
+        stderr=stderr,
+        decoder_stderr=vector(2),
+        prior_stderr=vector(1),
+        counts=counts,
+        meta={"T": T, "N": int(counts.max()), "model": "synthetic"},
+    )
 
 
 def row_shard(whole: dpddpm.CostMatrix, rows: set[int]) -> dpddpm.CostMatrix:
@@ -178,9 +188,16 @@ def row_shard(whole: dpddpm.CostMatrix, rows: set[int]) -> dpddpm.CostMatrix:
     decoder, decoder_stderr = whole.decoder.copy(), whole.decoder_stderr.copy()
     if 1 not in rows:  # row 1 is the decoder row
         decoder[:], decoder_stderr[:] = np.nan, np.nan
-    return dpddpm.CostMatrix(kl=kl, decoder=decoder, prior=whole.prior, stderr=stderr,
-                             decoder_stderr=decoder_stderr, prior_stderr=whole.prior_stderr,
-                             counts=np.where(keep, whole.counts, 0), meta=whole.meta)
+    return dpddpm.CostMatrix(
+        kl=kl,
+        decoder=decoder,
+        prior=whole.prior,
+        stderr=stderr,
+        decoder_stderr=decoder_stderr,
+        prior_stderr=whole.prior_stderr,
+        counts=np.where(keep, whole.counts, 0),
+        meta=whole.meta,
+    )
 
 
 @st.composite
@@ -198,8 +215,7 @@ def assert_same_matrix(a: dpddpm.CostMatrix, b: dpddpm.CostMatrix, rtol: float =
     """Means and standard errors agree to rtol (NaN in the same places), counts exactly."""
     assert a.T == b.T
     for name in ("kl", "decoder", "prior", "stderr", "decoder_stderr", "prior_stderr"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=0, equal_nan=True,
-                                   err_msg=name)
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=0, equal_nan=True, err_msg=name)
     np.testing.assert_array_equal(a.counts, b.counts)
 
 
@@ -217,8 +233,14 @@ def test_merging_row_shards_gives_the_whole(case: tuple[dpddpm.CostMatrix, list[
 def test_merging_computed_row_shards_gives_the_whole(blocks: list[set[int]]) -> None:
     """The same with cost_matrix's own shards of a tiny learned-variance model (T = 6, 9 images)."""
     model, data = tiny_model(T=6), discrete_data(9)
-    compute = lambda rows=None: dpddpm.cost_matrix(model, data, batch_size=16, progress=False, seed=4,  # noqa: E731
-                                                   rows=rows)
+    compute = lambda rows=None: dpddpm.cost_matrix(
+        model,
+        data,
+        batch_size=16,
+        progress=False,
+        seed=4,  # noqa: E731
+        rows=rows,
+    )
     whole = compute()
     merged = dpddpm.CostMatrix.merge([compute(sorted(rows)) for rows in blocks])
     # Shards batch their rows differently, and each batch fits its own Chebyshev interval for the
@@ -242,10 +264,16 @@ def any_matrix(draw: st.DrawFn) -> dpddpm.CostMatrix:
 def user_meta() -> st.SearchStrategy[dict]:
     """JSON-able metadata. Keys carry a prefix so they cannot collide with what the file format records."""
     text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # no lone surrogates: not text
-    leaf = st.none() | st.booleans() | st.integers(-2**62, 2**62) | st.floats(allow_nan=False,
-                                                                             allow_infinity=False) | text
-    value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-                         max_leaves=6)
+    leaf = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**62), 2**62)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | text
+    )
+    value = st.recursive(
+        leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=6
+    )
     return st.dictionaries(text.map(lambda k: "user_" + k), value, max_size=4)
 
 

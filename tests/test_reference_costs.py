@@ -8,9 +8,9 @@ outputs move by ~1e-7 between CPUs and batch shapes.
 from pathlib import Path
 
 import pytest
+from toy_models import assert_costs_close
 
 import dpddpm
-from toy_models import assert_costs_close
 
 DATA = Path(__file__).parent / "data"
 
@@ -20,8 +20,9 @@ def test_cost_matrix_equals_the_saved_reference(name):
     saved = dpddpm.CostMatrix.load(DATA / f"reference_costs_{name}.npz")
     model = dpddpm.load_pretrained(name)
     rows = [int(t) for t in saved.rows_done.nonzero()[0]]
-    fresh = dpddpm.cost_matrix(model, dpddpm.digits_split("selection")[:16], rows=rows, batch_size=4096,
-                               progress=False, seed=0)
+    fresh = dpddpm.cost_matrix(
+        model, dpddpm.digits_split("selection")[:16], rows=rows, batch_size=4096, progress=False, seed=0
+    )
     assert fresh.meta["weights_fingerprint"] == saved.meta["weights_fingerprint"]  # the weights are untouched
     assert fresh.meta["data_fingerprint"] == saved.meta["data_fingerprint"]
     assert_costs_close(fresh, saved)

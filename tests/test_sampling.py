@@ -1,13 +1,10 @@
 """Ancestral and DDIM sampling on arbitrary schedules."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
+from toy_models import gaussian_model, tiny_model
 
 import dpddpm
-from toy_models import gaussian_model, tiny_model
 
 
 @pytest.mark.parametrize("variance", ["learned_range", "fixed_small", "fixed_large"])

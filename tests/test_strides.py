@@ -49,13 +49,145 @@ def test_quadratic_stride_is_quadratic() -> None:
 # published tables (the book's, users') were computed with them.
 QUADRATIC_PINNED = {
     (1000, 10): [1000, 790, 605, 445, 309, 198, 112, 50, 13, 1],
-    (4000, 32): [4000, 3746, 3501, 3263, 3035, 2814, 2602, 2398, 2202, 2015, 1836, 1666, 1503, 1349, 1204, 1066,
-                 937, 817, 704, 600, 505, 417, 338, 267, 205, 151, 105, 68, 38, 18, 5, 1],
-    (1000, 50): [1000, 960, 920, 881, 844, 807, 770, 735, 700, 667, 634, 602, 571, 540, 511, 482, 454, 427, 401,
-                 375, 351, 327, 304, 282, 261, 241, 221, 202, 184, 167, 151, 136, 121, 108, 95, 83, 71, 61, 51,
-                 43, 35, 28, 21, 16, 11, 8, 5, 3, 2, 1],
-    (100, 51): [100, 96, 92, 88, 85, 81, 78, 74, 71, 68, 64, 61, 58, 55, 52, 50, 47, 44, 42, 39, 37, 34, 32, 30,
-                28, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1],
+    (4000, 32): [
+        4000,
+        3746,
+        3501,
+        3263,
+        3035,
+        2814,
+        2602,
+        2398,
+        2202,
+        2015,
+        1836,
+        1666,
+        1503,
+        1349,
+        1204,
+        1066,
+        937,
+        817,
+        704,
+        600,
+        505,
+        417,
+        338,
+        267,
+        205,
+        151,
+        105,
+        68,
+        38,
+        18,
+        5,
+        1,
+    ],
+    (1000, 50): [
+        1000,
+        960,
+        920,
+        881,
+        844,
+        807,
+        770,
+        735,
+        700,
+        667,
+        634,
+        602,
+        571,
+        540,
+        511,
+        482,
+        454,
+        427,
+        401,
+        375,
+        351,
+        327,
+        304,
+        282,
+        261,
+        241,
+        221,
+        202,
+        184,
+        167,
+        151,
+        136,
+        121,
+        108,
+        95,
+        83,
+        71,
+        61,
+        51,
+        43,
+        35,
+        28,
+        21,
+        16,
+        11,
+        8,
+        5,
+        3,
+        2,
+        1,
+    ],
+    (100, 51): [
+        100,
+        96,
+        92,
+        88,
+        85,
+        81,
+        78,
+        74,
+        71,
+        68,
+        64,
+        61,
+        58,
+        55,
+        52,
+        50,
+        47,
+        44,
+        42,
+        39,
+        37,
+        34,
+        32,
+        30,
+        28,
+        26,
+        25,
+        24,
+        23,
+        22,
+        21,
+        20,
+        19,
+        18,
+        17,
+        16,
+        15,
+        14,
+        13,
+        12,
+        11,
+        10,
+        9,
+        8,
+        7,
+        6,
+        5,
+        4,
+        3,
+        2,
+        1,
+    ],
     (17, 9): [17, 13, 10, 7, 5, 4, 3, 2, 1],
     (2, 2): [2, 1],
     (3, 3): [3, 2, 1],
@@ -88,8 +220,21 @@ def ddim_expected(T: int, K: int, skip_type: str) -> np.ndarray:
     return np.array(sorted({i + 1 for i in ddim_seq(T, K, skip_type)}, reverse=True), dtype=np.int64)
 
 
-DDIM_CASES = [(1000, 10), (1000, 50), (1000, 100), (4000, 32), (4000, 1024), (1000, 1000), (1000, 30),
-              (1000, 600), (15, 5), (50, 7), (10, 10), (3, 2), (2, 2)]
+DDIM_CASES = [
+    (1000, 10),
+    (1000, 50),
+    (1000, 100),
+    (4000, 32),
+    (4000, 1024),
+    (1000, 1000),
+    (1000, 30),
+    (1000, 600),
+    (15, 5),
+    (50, 7),
+    (10, 10),
+    (3, 2),
+    (2, 2),
+]
 
 
 @pytest.mark.parametrize("skip_type", ["quad", "uniform"])
@@ -100,8 +245,9 @@ def test_ddim_schedule_matches_ddim(T: int, K: int, skip_type: str) -> None:
     assert_valid(s, T)
 
 
-@pytest.mark.parametrize("T,K,distinct", [(1000, 10, 10), (1000, 50, 49), (1000, 100, 96), (4000, 32, 32),
-                                          (4000, 1024, 942), (10, 10, 7)])
+@pytest.mark.parametrize(
+    "T,K,distinct", [(1000, 10, 10), (1000, 50, 49), (1000, 100, 96), (4000, 32, 32), (4000, 1024, 942), (10, 10, 7)]
+)
 def test_ddim_quad_repeats_small_times(T: int, K: int, distinct: int) -> None:
     """K network calls, but truncation repeats indices where the parabola is flat: fewer distinct times."""
     assert len(ddim_seq(T, K, "quad")) == K
@@ -109,19 +255,21 @@ def test_ddim_quad_repeats_small_times(T: int, K: int, distinct: int) -> None:
 
 
 def test_ddim_quad_known_values() -> None:
-    np.testing.assert_array_equal(dpddpm.ddim_schedule(1000, 10, "quad"),
-                                  [801, 633, 484, 356, 247, 159, 89, 40, 10, 1])
+    np.testing.assert_array_equal(dpddpm.ddim_schedule(1000, 10, "quad"), [801, 633, 484, 356, 247, 159, 89, 40, 10, 1])
 
 
-@pytest.mark.parametrize("T,top", [(1000, 801), (4000, 3201), (2, 2), (10, 9),
-                                   (15, 12)])  # 15: sqrt(12.0) ** 2 = 11.999999999999998, truncated to 11
+@pytest.mark.parametrize(
+    "T,top", [(1000, 801), (4000, 3201), (2, 2), (10, 9), (15, 12)]
+)  # 15: sqrt(12.0) ** 2 = 11.999999999999998, truncated to 11
 def test_ddim_quad_stops_near_0_8_T(T: int, top: int) -> None:
     assert dpddpm.ddim_schedule(T, 2, "quad")[0] == top
     assert dpddpm.ddim_schedule(T, T, "quad")[0] == top
 
 
-@pytest.mark.parametrize("T,K,calls,top", [(1000, 100, 100, 991), (4000, 32, 32, 3876), (1000, 30, 31, 991),
-                                           (1000, 600, 1000, 1000), (50, 7, 8, 50)])
+@pytest.mark.parametrize(
+    "T,K,calls,top",
+    [(1000, 100, 100, 991), (4000, 32, 32, 3876), (1000, 30, 31, 991), (1000, 600, 1000, 1000), (50, 7, 8, 50)],
+)
 def test_ddim_uniform_calls_and_start(T: int, K: int, calls: int, top: int) -> None:
     """range(0, T, T // K) has ceil(T / (T // K)) entries: K when K divides T, more otherwise."""
     s = dpddpm.ddim_schedule(T, K, "uniform")
@@ -141,8 +289,9 @@ def test_ddim_schedule_refuses_unknown_skip_types(skip_type: str) -> None:
         dpddpm.ddim_schedule(10, 5, skip_type)
 
 
-def ddim_generalized_step(x: np.ndarray, eps: np.ndarray, a: float, a_next: float, eta: float,
-                          noise: np.ndarray) -> np.ndarray:
+def ddim_generalized_step(
+    x: np.ndarray, eps: np.ndarray, a: float, a_next: float, eta: float, noise: np.ndarray
+) -> np.ndarray:
     """One step of DDIM's generalized_steps in our notation: x (n,), eps (n,) the network's output at x."""
     x0 = (x - eps * np.sqrt(1 - a)) / np.sqrt(a)
     c1 = eta * np.sqrt((1 - a / a_next) * (1 - a_next) / (1 - a))

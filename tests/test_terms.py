@@ -3,20 +3,21 @@
 import numpy as np
 import pytest
 import torch
+from toy_models import golden
 
 import dpddpm
-from toy_models import golden
 
 G = golden()
 SCHED = dpddpm.NoiseSchedule.cosine(4000)
-TERMS = [("full_chain", i) for i in range(len(G["full_chain"]["terms"]))] + \
-        [("respaced", i) for i in range(len(G["respaced"]["terms"]))]
+TERMS = [("full_chain", i) for i in range(len(G["full_chain"]["terms"]))] + [
+    ("respaced", i) for i in range(len(G["respaced"]["terms"]))
+]
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
     """The fixture's stated tolerance: relative 1e-4, or absolute 1e-6 bits/dim."""
     ours, ref = ours.double(), ref.double()
-    ok = ((ours - ref).abs() <= torch.maximum(1e-4 * ref.abs(), torch.full_like(ref, 1e-6)))
+    ok = (ours - ref).abs() <= torch.maximum(1e-4 * ref.abs(), torch.full_like(ref, 1e-6))
     assert ok.all(), (ours, ref)
 
 
@@ -30,8 +31,18 @@ def test_edge_terms(part, i):
     term = G[part]["terms"][i]
     out = term["model_out"]
     t_above = term["t_above"] if term["t_above"] > 0 else None
-    bpd = dpddpm.edge_bpd(SCHED, term["t"], term["s"], G["x_start"], term["x_t"], out[:, :3], out[:, 3:],
-                          variance="learned_range", t_above=t_above, clip_denoised=term["clip_denoised"])
+    bpd = dpddpm.edge_bpd(
+        SCHED,
+        term["t"],
+        term["s"],
+        G["x_start"],
+        term["x_t"],
+        out[:, :3],
+        out[:, 3:],
+        variance="learned_range",
+        t_above=t_above,
+        clip_denoised=term["clip_denoised"],
+    )
     assert bpd.dtype == torch.float64 and bpd.shape == (2,)
     assert_close(bpd, term["bpd"])
 
@@ -60,9 +71,18 @@ def test_respaced_total_is_the_sum_of_its_terms(clip):
         tm = by_t[t]
         assert tm["s"] == s
         out = tm["model_out"]
-        total = total + dpddpm.edge_bpd(SCHED, t, s, G["x_start"], tm["x_t"], out[:, :3], out[:, 3:],
-                                        variance="learned_range", t_above=kept[-2] if s == 0 else None,
-                                        clip_denoised=clip)
+        total = total + dpddpm.edge_bpd(
+            SCHED,
+            t,
+            s,
+            G["x_start"],
+            tm["x_t"],
+            out[:, :3],
+            out[:, 3:],
+            variance="learned_range",
+            t_above=kept[-2] if s == 0 else None,
+            clip_denoised=clip,
+        )
     assert_close(total, r["total_bpd_clip" if clip else "total_bpd_noclip"])
 
 

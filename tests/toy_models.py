@@ -35,8 +35,9 @@ GAUSSIAN_BINS = 4097
 def gaussian_model(T: int = 30, mu: float = 0.1, s: float = 0.2, dims: int = 4, variance: str = "fixed_small"):
     sched = dpddpm.NoiseSchedule.cosine(T)
     net = GaussianEps(sched, mu, s)
-    model = dpddpm.DDPM(net, sched, variance, time_input=lambda t: t, data_shape=(dims,), clip_denoised=False,
-                        num_bins=GAUSSIAN_BINS)
+    model = dpddpm.DDPM(
+        net, sched, variance, time_input=lambda t: t, data_shape=(dims,), clip_denoised=False, num_bins=GAUSSIAN_BINS
+    )
     return model
 
 
@@ -75,8 +76,9 @@ class TinyNet(nn.Module):
 def tiny_model(T: int = 12, variance: str = "learned_range", num_bins: int = 17, clip: bool = True):
     sched = dpddpm.NoiseSchedule.cosine(T)
     net = TinyNet(1, learned=variance == "learned_range")
-    return dpddpm.DDPM(net, sched, variance, time_input="index", data_shape=(1, 4, 4), num_bins=num_bins,
-                       clip_denoised=clip)
+    return dpddpm.DDPM(
+        net, sched, variance, time_input="index", data_shape=(1, 4, 4), num_bins=num_bins, clip_denoised=clip
+    )
 
 
 def discrete_data(n: int, num_bins: int = 17, shape=(1, 4, 4), seed: int = 0) -> torch.Tensor:

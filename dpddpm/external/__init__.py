@@ -15,7 +15,16 @@ from .improved_diffusion import (
 from .unet import UNetModel
 
 __all__ = [
-    "IMPROVED_DIFFUSION_DEFAULTS", "PRESETS", "CheckpointMismatchError", "UNetModel", "build_improved_diffusion_unet",
-    "diffusers_schedule", "diffusers_scheduler_config", "improved_diffusion_flags", "load_diffusers", "load_images",
-    "load_improved_diffusion", "to_diffusers_timesteps",
+    "IMPROVED_DIFFUSION_DEFAULTS",
+    "PRESETS",
+    "CheckpointMismatchError",
+    "UNetModel",
+    "build_improved_diffusion_unet",
+    "diffusers_schedule",
+    "diffusers_scheduler_config",
+    "improved_diffusion_flags",
+    "load_diffusers",
+    "load_images",
+    "load_improved_diffusion",
+    "to_diffusers_timesteps",
 ]

@@ -24,9 +24,7 @@ from ..validation import check_schedule
 __all__ = ["to_diffusers_timesteps", "diffusers_scheduler_config"]
 
 
-def to_diffusers_timesteps(
-    schedule: Sequence[int] | np.ndarray | torch.Tensor, T: int | None = None
-) -> list[int]:
+def to_diffusers_timesteps(schedule: Sequence[int] | np.ndarray | torch.Tensor, T: int | None = None) -> list[int]:
     """Descending 0-based indices ``[t_K - 1, ..., t_1 - 1 = 0]`` for ``DDPMScheduler.set_timesteps(timesteps=...)``.
 
     Args:

@@ -67,8 +67,7 @@ def diffusers_schedule(config: Mapping[str, Any]) -> NoiseSchedule:
     if kind == "squaredcos_cap_v2":
         return NoiseSchedule.cosine(T)
     raise NotImplementedError(
-        f"beta_schedule {kind!r} is not supported; use 'linear', 'scaled_linear', 'squaredcos_cap_v2' "
-        "or trained_betas"
+        f"beta_schedule {kind!r} is not supported; use 'linear', 'scaled_linear', 'squaredcos_cap_v2' or trained_betas"
     )
 
 
@@ -83,8 +82,10 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
         )
     raw = read_json(found, "scheduler configuration")
     if not isinstance(raw, dict):
-        raise ValueError(f"scheduler configuration {found} is not a JSON object; save the scheduler again with "
-                         "scheduler.save_pretrained(...)")
+        raise ValueError(
+            f"scheduler configuration {found} is not a JSON object; save the scheduler again with "
+            "scheduler.save_pretrained(...)"
+        )
     ddpm_scheduler = _import_diffusers().DDPMScheduler
     config = dict(ddpm_scheduler.from_config(raw).config)
     config.update({k: v for k, v in raw.items() if not k.startswith("_")})
@@ -100,15 +101,19 @@ def _unet_from_pretrained(folder: Path, subfolder: str | None = None):
         return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, **kwargs)
     except OSError as e:  # diffusers reports a missing, unreadable or corrupt config or weights file so
         reason = str(e).strip().splitlines()[0].rstrip(". ") if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load the UNet2DModel in {where}: {reason}. It needs config.json and "
-                         "diffusion_pytorch_model.safetensors (or .bin) as unet.save_pretrained(...) writes them; "
-                         "copy or save the folder again") from None
+        raise ValueError(
+            f"cannot load the UNet2DModel in {where}: {reason}. It needs config.json and "
+            "diffusion_pytorch_model.safetensors (or .bin) as unet.save_pretrained(...) writes them; "
+            "copy or save the folder again"
+        ) from None
     except RuntimeError as e:
         if "Error(s) in loading state_dict" not in str(e):  # torch's load_state_dict report, or else a bug
             raise
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise CheckpointMismatchError(f"the weights in {where} do not match its config.json:\n  "
-                                      + "\n  ".join(lines[1:6] + (["..."] if len(lines) > 6 else []))) from None
+        raise CheckpointMismatchError(
+            f"the weights in {where} do not match its config.json:\n  "
+            + "\n  ".join(lines[1:6] + (["..."] if len(lines) > 6 else []))
+        ) from None
 
 
 def _load_unet(folder: Path):

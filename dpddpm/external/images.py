@@ -15,8 +15,8 @@ import contextlib
 import pickle
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -50,9 +50,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a CIFAR batch needs nothing else, and refusing every
     other class means a malicious file cannot run code while it is read."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -168,8 +173,9 @@ def load_png_folder(folder: str | Path, limit: int | None = None) -> torch.Tenso
         if first is None:
             first = (p, arr.shape)
         elif arr.shape != first[1]:
-            raise ValueError(f"inconsistent image sizes: {first[0].name} is {first[1]} (C, H, W) but "
-                             f"{p.name} is {arr.shape}")
+            raise ValueError(
+                f"inconsistent image sizes: {first[0].name} is {first[1]} (C, H, W) but {p.name} is {arr.shape}"
+            )
         images.append(arr)
     return to_unit_range(np.stack(images))
 
@@ -177,8 +183,9 @@ def load_png_folder(folder: str | Path, limit: int | None = None) -> torch.Tenso
 def is_cifar10_folder(path: str | Path) -> bool:
     """True for a ``cifar-10-batches-py`` folder, or a folder that holds one."""
     path = Path(path)
-    return path.is_dir() and any((d / n).exists() for d in (path, path / "cifar-10-batches-py")
-                                 for n in ("data_batch_1", "test_batch"))
+    return path.is_dir() and any(
+        (d / n).exists() for d in (path, path / "cifar-10-batches-py") for n in ("data_batch_1", "test_batch")
+    )
 
 
 def load_images(path: str | Path, *, split: str | None = None, limit: int | None = None) -> torch.Tensor:

@@ -16,11 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..model import DDPM
 from ..schedule import NoiseSchedule
+from .improved_diffusion_flags import (
+    _CHANNEL_MULT,
+    IMPROVED_DIFFUSION_DEFAULTS,
+    PRESETS,
+    _check_supported,
+    improved_diffusion_flags,
+)
 from .unet import UNetModel
 
 __all__ = [
@@ -32,133 +38,9 @@ __all__ = [
     "load_improved_diffusion",
 ]
 
-#: improved-diffusion's ``model_and_diffusion_defaults()`` (``script_util.py``): every flag a checkpoint's
-#: architecture and diffusion depend on, with that code's default value.
-IMPROVED_DIFFUSION_DEFAULTS: dict[str, Any] = {
-    "image_size": 64,
-    "num_channels": 128,
-    "num_res_blocks": 2,
-    "num_heads": 4,
-    "num_heads_upsample": -1,
-    "attention_resolutions": "16,8",
-    "dropout": 0.0,
-    "learn_sigma": False,
-    "sigma_small": False,
-    "class_cond": False,
-    "diffusion_steps": 1000,
-    "noise_schedule": "linear",
-    "timestep_respacing": "",
-    "use_kl": False,
-    "predict_xstart": False,
-    "rescale_timesteps": True,
-    "rescale_learned_sigmas": True,
-    "use_checkpoint": False,
-    "use_scale_shift_norm": True,
-}
-
-_CIFAR10 = {
-    "image_size": 32,
-    "num_channels": 128,
-    "num_res_blocks": 3,
-    "learn_sigma": True,
-    "dropout": 0.3,
-    "diffusion_steps": 4000,
-    "noise_schedule": "cosine",
-}
-_IMAGENET64 = {
-    "image_size": 64,
-    "num_channels": 128,
-    "num_res_blocks": 3,
-    "learn_sigma": True,
-    "diffusion_steps": 4000,
-    "noise_schedule": "cosine",
-}
-
-#: The released unconditional checkpoints' flags (improved-diffusion README, "Models and Hyperparameters").
-#: The key is the checkpoint's file name without ``.pt``. ``dropout`` and ``use_kl`` only affect training.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10_uncond_50M_500K": dict(_CIFAR10),
-    "cifar10_uncond_vlb_50M_500K": dict(_CIFAR10, use_kl=True),
-    "imagenet64_uncond_100M_1500K": dict(_IMAGENET64),
-    "imagenet64_uncond_vlb_100M_1500K": dict(_IMAGENET64, use_kl=True),
-}
-
-_CHANNEL_MULT = {32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}
-
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not match the architecture built from the flags."""
-
-
-# --------------------------------------------------------------------------------------------------
-# improved-diffusion
-# --------------------------------------------------------------------------------------------------
-
-
-def _to_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"):
-        return value.lower() in ("yes", "true", "t", "y", "1")
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"flag {name} must be a boolean, got {value!r}")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a flag value (possibly a command-line string) to the type of its default."""
-    default = IMPROVED_DIFFUSION_DEFAULTS[name]
-    if isinstance(default, bool):
-        return _to_bool(name, value)
-    if name == "attention_resolutions" and not isinstance(value, str):
-        return ",".join(str(int(r)) for r in value)  # a sequence of resolutions
-    try:
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"flag {name} must be a {type(default).__name__}, got {value!r}") from None
-
-
-def improved_diffusion_flags(preset: str | None = None, **flags: Any) -> dict[str, Any]:
-    """All flags of a model: improved-diffusion's defaults, then ``preset``, then ``flags``.
-
-    Raises:
-        ValueError: an unknown preset or flag name (the message lists the valid ones), or a bad value.
-    """
-    resolved = dict(IMPROVED_DIFFUSION_DEFAULTS)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-        resolved.update(PRESETS[preset])
-    unknown = sorted(set(flags) - set(IMPROVED_DIFFUSION_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown improved-diffusion flag(s) {', '.join(unknown)}; "
-            f"valid flags: {', '.join(IMPROVED_DIFFUSION_DEFAULTS)}"
-        )
-    resolved.update({name: _coerce(name, value) for name, value in flags.items()})
-    return resolved
-
-
-def _check_supported(flags: Mapping[str, Any]) -> None:
-    """Raise for flag values that dpddpm cannot represent."""
-    if flags["class_cond"]:
-        raise NotImplementedError(
-            "class-conditional improved-diffusion models (class_cond=True) are not supported; "
-            "dpddpm loads unconditional models only"
-        )
-    if flags["predict_xstart"]:
-        raise NotImplementedError("predict_xstart=True models are not supported; dpddpm needs epsilon prediction")
-    if flags["timestep_respacing"]:
-        raise ValueError(
-            "timestep_respacing is a sampling option: load the full T-step model (leave it empty) and give "
-            "dpddpm a schedule instead"
-        )
-    if flags["image_size"] not in _CHANNEL_MULT:
-        raise ValueError(
-            f"improved-diffusion supports image_size in {sorted(_CHANNEL_MULT)}, got {flags['image_size']}"
-        )
-    if flags["noise_schedule"] not in ("linear", "cosine"):
-        raise ValueError(f"noise_schedule must be 'linear' or 'cosine', got {flags['noise_schedule']!r}")
 
 
 def build_improved_diffusion_unet(preset: str | None = None, **flags: Any) -> UNetModel:
@@ -218,9 +100,11 @@ def _unreadable_checkpoint(path: Path, exc: Exception) -> str:
         return f"{head}: the file is truncated or corrupt (it ends before its archive does); download or copy it again"
     refused = re.search(r"GLOBAL (\S+)", str(exc))
     if refused:  # torch's safe unpickler met a Python object that is not a tensor
-        return (f"{head}: besides tensors it holds a pickled Python object ({refused.group(1)}), e.g. a whole "
-                "model or a training checkpoint, not a plain state_dict. dpddpm only reads plain state_dicts: save "
-                "one with torch.save(model.state_dict(), path) where the model is defined")
+        return (
+            f"{head}: besides tensors it holds a pickled Python object ({refused.group(1)}), e.g. a whole "
+            "model or a training checkpoint, not a plain state_dict. dpddpm only reads plain state_dicts: save "
+            "one with torch.save(model.state_dict(), path) where the model is defined"
+        )
     return f"{head}: it is corrupt or not a file written by torch.save ({type(exc).__name__}); check the path"
 
 
@@ -269,8 +153,9 @@ def _meta_shapes(flags: Mapping[str, Any]) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in net.state_dict().items()}
 
 
-def _mismatch_message(path: Path, flags: Mapping[str, Any], state: Mapping[str, torch.Tensor],
-                      expected: Mapping[str, torch.Size]) -> str:
+def _mismatch_message(
+    path: Path, flags: Mapping[str, Any], state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]
+) -> str:
     missing, unexpected, shapes = _mismatch(expected, state)
     lines = [f"checkpoint {path} does not match the UNet built from the flags"]
     if missing:
@@ -279,9 +164,19 @@ def _mismatch_message(path: Path, flags: Mapping[str, Any], state: Mapping[str, 
         lines.append(f"  unexpected keys ({len(unexpected)}): {_first(unexpected)}")
     if shapes:
         lines.append(f"  shape mismatches ({len(shapes)}): {_first(shapes)}")
-    arch = {k: flags[k] for k in ("image_size", "num_channels", "num_res_blocks", "learn_sigma",
-                                  "attention_resolutions", "num_heads", "num_heads_upsample",
-                                  "use_scale_shift_norm")}
+    arch = {
+        k: flags[k]
+        for k in (
+            "image_size",
+            "num_channels",
+            "num_res_blocks",
+            "learn_sigma",
+            "attention_resolutions",
+            "num_heads",
+            "num_heads_upsample",
+            "use_scale_shift_norm",
+        )
+    }
     lines.append(f"  flags tried: {arch}")
     inferred = {}
     if "input_blocks.0.0.weight" in state:
@@ -297,8 +192,10 @@ def _mismatch_message(path: Path, flags: Mapping[str, Any], state: Mapping[str, 
     matching = [name for name in PRESETS if not any(_mismatch(_meta_shapes(improved_diffusion_flags(name)), state))]
     if matching:
         lines.append(f"  hint: the checkpoint's keys and shapes match preset(s) {', '.join(matching)}")
-    lines.append("  Pass the model's training flags (image_size, num_channels, num_res_blocks, learn_sigma, ...) "
-                 f"or a preset: {', '.join(PRESETS)}")
+    lines.append(
+        "  Pass the model's training flags (image_size, num_channels, num_res_blocks, learn_sigma, ...) "
+        f"or a preset: {', '.join(PRESETS)}"
+    )
     return "\n".join(lines)
 
 
@@ -356,5 +253,3 @@ def load_improved_diffusion(
         clip_denoised=clip_denoised,
     )
     return model.to(device).eval()
-
-

@@ -230,9 +230,7 @@ class UNetModel(nn.Module):
         def res_block(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm=use_scale_shift_norm)
 
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         # Encoder: one entry per saved skip activation.
         self.input_blocks = nn.ModuleList(
@@ -253,9 +251,7 @@ class UNetModel(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.middle_block = TimestepEmbedSequential(
-            res_block(ch, ch), AttentionBlock(ch, num_heads), res_block(ch, ch)
-        )
+        self.middle_block = TimestepEmbedSequential(res_block(ch, ch), AttentionBlock(ch, num_heads), res_block(ch, ch))
 
         # Decoder: each block consumes one skip activation, concatenated along channels.
         self.output_blocks = nn.ModuleList()
@@ -270,9 +266,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(
-            GroupNorm32(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1)
-        )
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
