@@ -1,5 +1,10 @@
 """Open the built book in headless Chromium: math must be typeset offline and figures must load.
 
+The first tests open files (``file://``); the ``http`` ones serve ``_build/_build/html`` with Python's
+``http.server`` on 127.0.0.1 (a free port, a background thread) as a web host would, and check every chapter
+(math typeset, images loaded), the search page (a query returns results) and every chapter's ``.ipynb`` download
+(linked from the page, served with status 200, a valid notebook).
+
 Runs after ``jupyter-book build --all -W --keep-going --path-output _build .``. Skipped when ``_build/html`` or
 Chromium is missing, unless ``DPDDPM_BROWSER_TEST=1`` (set by CI after the build), which turns the skip into a
 failure. Screenshots go to ``_build/ci-screenshots/``.
@@ -7,11 +12,18 @@ failure. Screenshots go to ``_build/ci-screenshots/``.
 
 from __future__ import annotations
 
+import functools
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,3 +144,116 @@ def test_figures_load_in_browser() -> None:
     imgs, bad, mjx = map(int, m.groups())
     assert imgs >= 2 and bad == 0, f"{bad} of {imgs} images failed to load"
     assert mjx > 0
+
+
+# --- the site over HTTP, as it will be published ---------------------------------------------------------------
+
+CHAPTERS = sorted(
+    p.stem
+    for p in (ROOT / "book").glob("*.md")
+    if p.read_text(encoding="utf-8").startswith("---") and "jupytext:" in p.read_text(encoding="utf-8")[:2000]
+)
+# A same-origin page that loads PAGE in an iframe and, once loaded and given time for MathJax and the search
+# index, writes what it found into #out (read back with --dump-dom).
+PROBE = (
+    "<!doctype html><html><body><iframe id=f src='{src}' width=1200 height=900></iframe>"
+    "<div id=out>pending</div><script>"
+    "window.onload = function() {{ setTimeout(function() {{ var d = document.getElementById('f').contentDocument;"
+    " var imgs = Array.from(d.images); var bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0));"
+    " document.getElementById('out').textContent = 'imgs=' + imgs.length + ' bad=' + bad.length"
+    " + ' math=' + d.querySelectorAll('.math').length + ' mjx=' + d.querySelectorAll('mjx-container').length"
+    " + ' merror=' + d.querySelectorAll('mjx-merror').length"
+    " + ' results=' + d.querySelectorAll('#search-results li').length;"
+    " }}, 8000); }};</script></body></html>"
+)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/__probe__":
+            return super().do_GET()
+        src = urllib.parse.parse_qs(url.query)["src"][0]
+        body = PROBE.format(src=src).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    """The built HTML served on 127.0.0.1 at a free port; yields the base URL, shut down afterwards."""
+    html_dir = _html_dir()
+    _need(html_dir is not None, "the book is not built (no _build/_build/html)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(html_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _probe(site: str, src: str) -> dict[str, int]:
+    browser = _chromium()
+    _need(browser is not None, "Chromium is not installed")
+    url = site + "__probe__?" + urllib.parse.urlencode({"src": "/" + src})
+    with tempfile.TemporaryDirectory() as profile:
+        dom = _run(browser, ["--virtual-time-budget=30000", "--dump-dom", url], profile).stdout
+    m = re.search(r"imgs=(\d+) bad=(\d+) math=(\d+) mjx=(\d+) merror=(\d+) results=(\d+)", dom)
+    assert m, f"the probe of {src} did not report: " + dom[-500:]
+    return dict(zip(("imgs", "bad", "math", "mjx", "merror", "results"), map(int, m.groups())))
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, r.read()
+
+
+def test_chapters_listed() -> None:
+    assert "intro" in CHAPTERS and len(CHAPTERS) >= 8
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_over_http(site: str, chapter: str) -> None:
+    """Served over HTTP, every chapter has its math typeset without errors and every image loaded."""
+    status, page = _get(site + f"book/{chapter}.html")
+    assert status == 200
+    found = _probe(site, f"book/{chapter}.html")
+    assert found["math"] > 0, f"no math on {chapter}"  # every chapter has some
+    assert found["mjx"] > 0 and found["merror"] == 0, f"math of {chapter} not typeset: {found}"
+    assert found["bad"] == 0, f"{found['bad']} of {found['imgs']} images of {chapter} failed to load"
+    if b"<img" in page:
+        assert found["imgs"] > 0
+
+
+def test_search_over_http(site: str) -> None:
+    """The search page, loaded with a query, lists matching chapters (Sphinx's search index in the browser)."""
+    found = _probe(site, "search.html?q=dynamic+programming")
+    assert found["results"] > 0, f"the search returned nothing: {found}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_notebook_download_over_http(site: str, chapter: str) -> None:
+    """The page links its .ipynb (download menu and the link under the title); the link serves a notebook."""
+    page_url = site + f"book/{chapter}.html"
+    _, page = _get(page_url)
+    links = set(re.findall(r'href="([^"]+\.ipynb)"', page.decode("utf-8")))
+    assert links, f"{chapter}.html links no .ipynb"
+    assert 'class="dpddpm-notebook-link"' in page.decode("utf-8"), "no visible notebook link on the page"
+    assert "download-notebook-button" in page.decode("utf-8"), "no .ipynb in the download menu"
+    for href in links:
+        url = urllib.parse.urljoin(page_url, href)
+        assert url.endswith(f"/_notebooks/book/{chapter}.ipynb"), url
+        status, body = _get(url)
+        assert status == 200, url
+        nb = json.loads(body)
+        assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
+        assert any(c["cell_type"] == "code" and c["source"] for c in nb["cells"]), f"{url} has no code"
