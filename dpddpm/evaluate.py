@@ -26,6 +26,7 @@ from .costs import _autocast, row_generator
 from .fingerprint import data_fingerprint, model_fingerprint
 from .gaussian import q_sample
 from .model import DDPM, resolve_device
+from .runinfo import REPLAY_FIELDS
 from .terms import edge_bpd, prior_bpd
 from .types import Schedule
 from .validation import check_data, check_schedule
@@ -256,18 +257,7 @@ def _replayable_meta(
             "this cost matrix was merged from data shards, whose noise cannot be replayed on one data "
             "set; compute in-sample ELBOs on each shard's own matrix"
         )
-    missing = info.missing(
-        (
-            "variance",
-            "num_bins",
-            "clip_denoised",
-            "seed",
-            "N",
-            "data_fingerprint",
-            "weights_fingerprint",
-            "noise_device",
-        )
-    )
+    missing = info.missing(REPLAY_FIELDS)
     if missing:
         raise ValueError(
             f"the cost matrix records no {', '.join(missing)} (hand-built, or written by an older "

@@ -32,6 +32,8 @@ RUN_FIELDS = (
     "autocast",
     "noise_device",
 )
+#: what in_sample_elbo needs recorded to replay a matrix's noise (autocast may be None: no autocast)
+REPLAY_FIELDS = tuple(f for f in RUN_FIELDS if f not in ("T", "autocast"))
 
 
 @dataclass(frozen=True)

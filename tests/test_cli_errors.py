@@ -21,7 +21,7 @@ import pytest
 import test_cli
 import torch
 from test_cli import MODEL, NET, T
-from toy_models import TinyNet, discrete_data, tiny_model
+from toy_models import TinyNet, discrete_data, tiny_diffusers_unet, tiny_model
 
 import dpddpm
 from dpddpm import cli
@@ -369,18 +369,7 @@ def test_bad_schedule_json(text, needle, tiny, tmp_path, capsys):
 def diffusers_folder(tmp_path_factory) -> Path:
     diffusers = pytest.importorskip("diffusers")
     folder = tmp_path_factory.mktemp("pipe")
-    torch.manual_seed(0)
-    diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        attention_head_dim=8,
-    ).save_pretrained(folder / "unet")
+    tiny_diffusers_unet().save_pretrained(folder / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=10).save_pretrained(folder / "scheduler")
     return folder
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toy_models import tiny_diffusers_unet
 
 from dpddpm.external import (
     IMPROVED_DIFFUSION_DEFAULTS,
@@ -261,26 +262,9 @@ def test_missing_diffusers_gives_install_hint(tmp_path: Path, monkeypatch: pytes
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiny_unet(out_channels: int = 3):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=out_channels,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
-    return unet.eval()
-
-
 def _save_pipeline(folder: Path, out_channels: int = 3, **scheduler_kwargs):
     diffusers = pytest.importorskip("diffusers")
-    unet = _tiny_unet(out_channels)
+    unet = tiny_diffusers_unet(out_channels)
     kwargs = dict(num_train_timesteps=50, beta_schedule="linear", variance_type="fixed_large")
     kwargs.update(scheduler_kwargs)
     scheduler = diffusers.DDPMScheduler(**kwargs)
@@ -308,7 +292,7 @@ def test_load_diffusers_fixed_large(tmp_path: Path) -> None:
 
 def test_load_diffusers_top_level_layout(tmp_path: Path) -> None:
     diffusers = pytest.importorskip("diffusers")
-    _tiny_unet().save_pretrained(tmp_path)
+    tiny_diffusers_unet().save_pretrained(tmp_path)
     diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_small_log", clip_sample=False).save_pretrained(
         tmp_path
     )
@@ -332,7 +316,7 @@ def test_load_diffusers_errors(tmp_path: Path) -> None:
     diffusers = pytest.importorskip("diffusers")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_diffusers(tmp_path / "absent")
-    _tiny_unet().save_pretrained(tmp_path / "unet")
+    tiny_diffusers_unet().save_pretrained(tmp_path / "unet")
     with pytest.raises(FileNotFoundError, match="no scheduler"):
         load_diffusers(tmp_path)
     for kwargs, msg in [

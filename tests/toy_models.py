@@ -102,6 +102,26 @@ def assert_costs_close(a: dpddpm.CostMatrix, b: dpddpm.CostMatrix) -> None:
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-12, equal_nan=True)
 
 
+def tiny_diffusers_unet(out_channels: int = 3):
+    """A small random diffusers UNet2DModel on 3 x 8 x 8 images (seeded), for loader and CLI tests."""
+    import pytest
+
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    return unet.eval()
+
+
 def golden():
     from pathlib import Path
 
