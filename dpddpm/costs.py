@@ -218,7 +218,15 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
             t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
         x_t = torch.cat(x_t_parts)
         with run.amp:
-            eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
+            try:
+                eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
+            except FloatingPointError as err:
+                if run.info.autocast is None:
+                    raise
+                raise FloatingPointError(
+                    f"{err} under autocast={run.info.autocast!r}: the network overflows in reduced precision; "
+                    "run without autocast (or with 'bf16', whose range is float32's)"
+                ) from err
         eps = eps.reshape(x_t.shape[0], D).double()
         v = None if v is None else v.reshape(x_t.shape[0], D).float()
         offset = 0

@@ -125,18 +125,19 @@ def test_accelerator_sweep_agrees_with_the_cpu_sweep() -> None:
     """
     import torch
 
-    from dpddpm.dp import _sweep_numpy, _sweep_torch
+    from dpddpm.dp import _edge_weights, _sweep_numpy, _sweep_torch
 
     T, K_max = 60, 20
     costs = random_costs(T, 3)
-    W = np.nan_to_num(costs.kl, nan=np.inf)
+    W = _edge_weights(costs.kl)
+    sweeps = (lambda v, p: _sweep_numpy(W, v, p), lambda v, p: _sweep_torch(costs.kl, v, p, torch.device("cpu")))
     out = []
-    for sweep in (_sweep_numpy, _sweep_torch):
+    for sweep in sweeps:
         values = np.full((K_max + 1, T + 1), np.inf)
         pointers = np.zeros((K_max + 1, T + 1), dtype=np.int16)
         values[2, 2:] = W[2:, 1] + costs.decoder[2:]
         pointers[2, 2:] = 1
-        sweep(W, values, pointers, torch.device("cpu"))
+        sweep(values, pointers)
         assert_pointers_reach_the_minimum(W, values, pointers)
         out.append(values)
     np.testing.assert_allclose(out[1], out[0], rtol=1e-12)  # inf where impossible, in both
@@ -153,3 +154,21 @@ def assert_pointers_reach_the_minimum(W: np.ndarray, values: np.ndarray, pointer
         p = pointers[k, t].astype(np.int64)
         assert np.all((p > 1) & (p < t))
         np.testing.assert_allclose(W[t, p] + values[k - 1, p], values[k, t], rtol=1e-12)
+
+
+def test_edge_weights_are_inf_wherever_no_edge_exists_on_both_paths() -> None:
+    """The sweep's weights equal kl on 1 <= s < t (NaN -> inf) and +inf elsewhere, whatever kl holds there."""
+    import torch
+
+    from dpddpm.costmatrix import valid_edges
+    from dpddpm.dp import _edge_weights, _edge_weights_torch
+
+    rng = np.random.default_rng(0)
+    T = 40
+    kl = rng.normal(size=(T + 1, T + 1))
+    kl[rng.random(kl.shape) < 0.1] = np.nan
+    kl[rng.random(kl.shape) < 0.05] = -1e9
+    expected = np.where(valid_edges(T), np.nan_to_num(kl, nan=np.inf), np.inf)
+    np.testing.assert_array_equal(_edge_weights(kl), expected)
+    np.testing.assert_array_equal(_edge_weights_torch(kl, torch.device("cpu")).numpy(), expected)
+    assert np.isfinite(kl).sum() > np.isfinite(expected).sum()  # the input had entries to mask

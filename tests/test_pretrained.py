@@ -65,3 +65,16 @@ def test_dp_is_not_worse_than_even_stride(models):
         dp = dpddpm.elbo(model, test, best.schedule(K), batch_size=150, seed=7)
         even = dpddpm.elbo(model, test, dpddpm.even_schedule(4000, K), batch_size=150, seed=7)
         assert dp.bpd <= even.bpd + 2.0 * math.hypot(dp.stderr, even.stderr), (K, dp, even)
+
+
+def test_digits_net_stays_finite_under_float16_autocast(models):
+    """exp() of the level logits overflowed float16 under CUDA autocast (seen on an H100: 640 NaN outputs);
+    CPU autocast to float16 reproduces it, and the expectation now runs in float32 inside the net."""
+    model = models["digits-hybrid"]
+    x = digits_split("selection")[:64].float()
+    t = torch.randint(1, model.T + 1, (64,), generator=torch.Generator().manual_seed(0))
+    exact, _ = model.predict(x, t)
+    with torch.autocast("cpu", dtype=torch.float16):
+        low, _ = model.predict(x, t)
+    assert torch.isfinite(low).all()
+    assert (low.float() - exact).abs().max() < 0.05

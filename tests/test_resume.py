@@ -94,6 +94,18 @@ def test_bf16_autocast_changes_the_costs_only_slightly():
     assert 0 < rel.max() < 0.2
 
 
+def test_a_network_that_overflows_under_autocast_gets_a_hint(monkeypatch):
+    """Non-finite output under autocast is refused with advice that names autocast (fp16 did this on an H100)."""
+    model, data = tiny_model(T=4), discrete_data(4)
+    forward = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda x, t: forward(x, t) * float("inf"))
+    with pytest.raises(FloatingPointError, match="autocast='bf16'.*run without autocast"):
+        dpddpm.cost_matrix(model, data, progress=False, autocast="bf16")
+    with pytest.raises(FloatingPointError, match="NaN/Inf") as plain:
+        dpddpm.cost_matrix(model, data, progress=False)
+    assert "autocast" not in str(plain.value)
+
+
 def test_autocast_rejects_unknown():
     with pytest.raises(ValueError, match="autocast"):
         dpddpm.cost_matrix(tiny_model(T=4), discrete_data(2), progress=False, autocast="int8")

@@ -144,8 +144,10 @@ class DigitsNet(nn.Module):
 
     def _expectation(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax expectation of the levels, (B, 64, bins) -> (B, 64) float64; logits must be bounded above."""
-        w = torch.exp(logits).reshape(-1, self.num_bins)
-        moments = (w @ self.moment_basis).double().reshape(*logits.shape[:2], 2)
+        w = torch.exp(logits.float()).reshape(-1, self.num_bins)
+        # in float32 even under autocast: exp() of logits up to MAX_RESIDUAL overflows float16 (max 65504)
+        with torch.autocast(device_type=w.device.type, enabled=False):
+            moments = (w @ self.moment_basis.float()).double().reshape(*logits.shape[:2], 2)
         return moments[..., 0] / moments[..., 1]
 
     def forward(self, x_t: torch.Tensor, t_index: torch.Tensor) -> torch.Tensor:
