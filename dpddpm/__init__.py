@@ -1,5 +1,6 @@
 """dpddpm: ELBO-optimal step schedules for pretrained DDPMs by dynamic programming (Watson et al., 2021)."""
 
+from .analytic import AnalyticVariances, analytic_costs, fit_analytic_variances, with_analytic_variances
 from .checkpoint import cost_matrix_resumable
 from .costmatrix import CostMatrix
 from .costs import CostRun, cost_matrix
@@ -65,4 +66,8 @@ __all__ = [
     "RunInfo",
     "CostRun",
     "cost_matrix_resumable",
+    "AnalyticVariances",
+    "analytic_costs",
+    "fit_analytic_variances",
+    "with_analytic_variances",
 ]

@@ -6,6 +6,9 @@ Indexing is by 1-based time. For a model with T steps:
     prior[t]      = KL(q(x_t | x_0) || N(0, I)), valid for 1 <= t <= T
     stderr, decoder_stderr, prior_stderr: Monte-Carlo standard errors of those means
     counts[t]     = number of samples behind row t (row 1 is the decoder row); 0 = not computed yet
+    mse[t]        = m_t, the mean over images and dimensions of (x_0 - x^_0(x_t))^2 that row t saw, and
+    mse_stderr[t]   its standard error over images (None in hand-built matrices and older files); the
+                    analytic variances of :mod:`dpddpm.analytic` are made from them
     info          = the :class:`~dpddpm.runinfo.RunInfo` of the run: model settings, data and weight
                     fingerprints, seed (all None for a hand-built matrix)
 All values are float64 bits/dim. Entries outside the valid ranges are set to NaN by the constructor, whatever
@@ -61,6 +64,7 @@ class CostMatrix:
         kl, decoder, prior: (T+1, T+1), (T+1,), (T+1,) means; copied to float64.
         stderr, decoder_stderr, prior_stderr: their standard errors, or None.
         counts: (T+1,) samples per row; None for a hand-built matrix (every row then counts as computed).
+        mse, mse_stderr: (T+1,) error of x^_0 per row and its standard error, or None.
         info: what the matrix was computed from; its T must be None or match kl.
         meta: the same as a plain dict (:meth:`RunInfo.from_dict`), e.g. ``dict(costs.meta, seed=1)``.
     """
@@ -74,6 +78,8 @@ class CostMatrix:
         decoder_stderr=None,
         prior_stderr=None,
         counts=None,
+        mse=None,
+        mse_stderr=None,
         *,
         info: RunInfo | None = None,
         meta: Mapping[str, Any] | None = None,
@@ -87,6 +93,8 @@ class CostMatrix:
         self.prior = _vector(prior, "prior", n, first=1)
         self.decoder_stderr = None if decoder_stderr is None else _vector(decoder_stderr, "decoder_stderr", n, 2)
         self.prior_stderr = None if prior_stderr is None else _vector(prior_stderr, "prior_stderr", n, 1)
+        self.mse = None if mse is None else _vector(mse, "mse", n, 1)
+        self.mse_stderr = None if mse_stderr is None else _vector(mse_stderr, "mse_stderr", n, 1)
         if counts is None:
             counts = np.r_[0, np.full(n - 1, -1)]  # -1: unknown, treated as computed
         self.counts = np.array(counts, dtype=np.int64)
@@ -107,6 +115,8 @@ class CostMatrix:
             decoder_stderr=np.full(n, np.nan),
             prior_stderr=prior_stderr,
             counts=np.zeros(n, dtype=np.int64),
+            mse=np.full(n, np.nan),
+            mse_stderr=np.full(n, np.nan),
             info=info,
         )
 
@@ -183,8 +193,16 @@ class CostMatrix:
         mean, se, cols = self._row_view(t)
         return mean[cols], None if se is None else se[cols], int(self.counts[t])
 
-    def set_row(self, t: int, mean: np.ndarray, stderr: np.ndarray | None, count: int) -> None:
-        """Store finished row t (see :meth:`row`) in place; a missing stderr is stored as NaN.
+    def set_row(
+        self,
+        t: int,
+        mean: np.ndarray,
+        stderr: np.ndarray | None,
+        count: int,
+        mse: float = np.nan,
+        mse_stderr: float = np.nan,
+    ) -> None:
+        """Store finished row t (see :meth:`row`) and its error of x^_0 in place; a missing stderr is NaN.
 
         Raises:
             ValueError: the row holds NaN or Inf values.
@@ -199,11 +217,16 @@ class CostMatrix:
         means, ses, cols = self._row_view(t)
         means[cols], ses[cols] = mean, np.nan if stderr is None else stderr
         self.counts[t] = count
+        if self.mse is None:
+            self.mse, self.mse_stderr = np.full(n, np.nan), np.full(n, np.nan)
+        self.mse[t], self.mse_stderr[t] = mse, mse_stderr
 
     def copy_rows(self, other: CostMatrix) -> None:
-        """Take every finished row of ``other`` (same T) into this matrix, in place."""
+        """Take every finished row of ``other`` (same T), with its error of x^_0, into this matrix, in place."""
         for t in np.flatnonzero(other.rows_done):
-            self.set_row(int(t), *other.row(int(t)))
+            t = int(t)
+            mse = (np.nan, np.nan) if other.mse is None else (other.mse[t], other.mse_stderr[t])
+            self.set_row(t, *other.row(t), *mse)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -223,7 +246,7 @@ class CostMatrix:
         }
         if self.stderr is not None:
             arrays["stderr_packed"] = _pack(self.stderr, rows)
-        for name in ("decoder_stderr", "prior_stderr"):
+        for name in ("decoder_stderr", "prior_stderr", "mse", "mse_stderr"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         meta = np.array(self.info.to_json(format_version=FORMAT_VERSION))

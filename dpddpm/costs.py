@@ -48,6 +48,8 @@ class Row(NamedTuple):
     mean: np.ndarray
     stderr: np.ndarray
     count: int  # samples behind it: the number of data points
+    mse: float = float("nan")  # m_t: mean over images and dimensions of (x0 - x^0)^2 at t
+    mse_stderr: float = float("nan")  # its standard error over images
 
 
 class CostRun:
@@ -206,9 +208,9 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
         for t, a, b in batch:
             if t not in open_rows:
                 acc = (
-                    DecoderRow(sched, model.variance, model.num_bins, device)
+                    DecoderRow(sched, model.variance, model.num_bins, device, analytic=model.analytic)
                     if t == 1
-                    else KLRow(sched, t, model.variance, D, device)
+                    else KLRow(sched, t, model.variance, D, device, analytic=model.analytic)
                 )
                 noise = torch.randn(
                     N, D, generator=row_generator(run.seed, t, device), device=device, dtype=torch.float64
@@ -243,7 +245,8 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
                 acc.add((x0 - x0_hat).pow(2), v_sl)
             if b == N:  # the row is complete
                 del open_rows[t]
-                yield Row(t, *acc.stats.result(), N)
+                mse, mse_se = acc.mse_stats.result()
+                yield Row(t, *acc.stats.result(), N, float(mse[0]), float(mse_se[0]))
         if bar is not None:
             bar.update(x_t.shape[0])
 

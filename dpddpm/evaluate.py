@@ -111,6 +111,7 @@ def _edge_terms(
                 t_above=t_above if s == 0 else None,
                 num_bins=model.num_bins,
                 clip_denoised=model.clip_denoised,
+                analytic=model.analytic,
             )
             .cpu()
             .numpy()

@@ -29,11 +29,14 @@ def data_fingerprint(data: torch.Tensor, num_bins: int) -> str:
 
 
 def model_fingerprint(model: DDPM) -> str:
-    """Hash of the network's parameters and buffers (names, shapes, dtypes and bytes) and of its schedule."""
+    """Hash of the network's parameters and buffers (names, shapes, dtypes and bytes), of its schedule and of
+    its analytic variances, if it has them."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.net.state_dict().items()):
         arr = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(arr.shape)}:{arr.dtype}".encode())
         h.update(arr.view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
     h.update(np.ascontiguousarray(model.schedule.alpha_bar, dtype=np.float64).tobytes())
+    if model.analytic is not None:  # frozen analytic variances are part of what defines the model
+        h.update(f"analytic:{model.analytic.fingerprint()}".encode())
     return h.hexdigest()[:DIGEST_CHARS]

@@ -39,11 +39,15 @@ def merge(parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> Co
     same_data = len(set(data_ids)) == 1
     _check_rows(parts, names, same_data)
     T = parts[0].T
-    kl, decoder = Pool(), Pool()
+    kl, decoder, mse = Pool(), Pool(), Pool()
+    with_mse = all(p.mse is not None for p in parts)
     for p in parts:
         kl.add(p.kl, p.stderr, p.counts[:, None] * valid_edges(T))
         decoder.add(p.decoder, p.decoder_stderr, p.counts[1] * (np.arange(T + 1) >= 2))
+        if with_mse:  # NaN where a part has not computed a row: its count there is 0
+            mse.add(np.nan_to_num(p.mse), np.nan_to_num(p.mse_stderr), np.maximum(p.counts, 0))
     (kl_mean, kl_se), (dec_mean, dec_se) = kl.result(), decoder.result()
+    mse_mean, mse_se = mse.result() if with_mse else (None, None)
     counts = np.sum([p.counts for p in parts], axis=0)
     if same_data:  # the prior is exact given the data: row shards share it
         prior, prior_se, info = parts[0].prior, parts[0].prior_stderr, parts[0].info
@@ -62,6 +66,8 @@ def merge(parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> Co
         decoder_stderr=dec_se,
         prior_stderr=prior_se,
         counts=counts,
+        mse=mse_mean,
+        mse_stderr=mse_se,
         info=info,
     )
 

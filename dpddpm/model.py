@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .schedule import NoiseSchedule
 from .types import VARIANCE_KINDS, Steps, TimeInput, VarianceKind
+
+if TYPE_CHECKING:
+    from .analytic import AnalyticVariances
 from .validation import check_finite
 
 
@@ -20,13 +24,18 @@ class DDPM(nn.Module):
             (or the output's ``.sample``, for diffusers) has the data's shape, or twice the channels for
             ``learned_range`` (epsilon first, then the raw variance value v).
         schedule: the training noise schedule.
-        variance: ``"fixed_small"`` (beta~), ``"fixed_large"`` (beta) or ``"learned_range"``.
+        variance: ``"fixed_small"`` (beta~), ``"fixed_large"`` (beta), ``"learned_range"``, or ``"analytic"``
+            (the KL-optimal variance of each jump, frozen from a selection split: :mod:`dpddpm.analytic`).
         time_input: how the 1-based step t reaches the net: ``"index"`` gives the integer ``t - 1``
             (Ho et al., diffusers); ``"rescaled"`` gives the float ``(t - 1) * 1000 / T``
             (improved-diffusion with ``rescale_timesteps=True``); or any callable on the int tensor t.
         data_shape: the shape of one data point, e.g. (3, 32, 32).
         num_bins: number of discrete data levels in [-1, 1] (256 for 8-bit images).
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming means.
+        outputs_variance: whether the net also outputs the raw variance value v (default: for
+            ``learned_range``); an ``analytic`` model of a learned-variance net reads and ignores it.
+        analytic: the frozen :class:`~dpddpm.analytic.AnalyticVariances` of an ``"analytic"`` model (made by
+            :func:`dpddpm.with_analytic_variances`).
     """
 
     def __init__(
@@ -39,10 +48,19 @@ class DDPM(nn.Module):
         data_shape: Sequence[int],
         num_bins: int = 256,
         clip_denoised: bool = True,
+        outputs_variance: bool | None = None,
+        analytic: AnalyticVariances | None = None,
     ) -> None:
         super().__init__()
         if variance not in VARIANCE_KINDS:
             raise ValueError(f"variance must be one of {VARIANCE_KINDS}, got {variance!r}")
+        if (variance == "analytic") != (analytic is not None):
+            raise ValueError(
+                "variance='analytic' needs its fitted variances (use dpddpm.with_analytic_variances), "
+                "and only an analytic model takes them"
+            )
+        if variance == "learned_range" and outputs_variance is False:
+            raise ValueError("a learned_range net outputs its variance value: outputs_variance must be True")
         if isinstance(time_input, str) and time_input not in ("index", "rescaled"):
             raise ValueError(f"time_input must be 'index', 'rescaled' or a callable, got {time_input!r}")
         if int(num_bins) < 2:
@@ -54,6 +72,8 @@ class DDPM(nn.Module):
         self.data_shape = tuple(int(d) for d in data_shape)
         self.num_bins = int(num_bins)
         self.clip_denoised = bool(clip_denoised)
+        self.outputs_variance = variance == "learned_range" if outputs_variance is None else bool(outputs_variance)
+        self.analytic = analytic
 
     @property
     def T(self) -> int:
@@ -90,10 +110,12 @@ class DDPM(nn.Module):
         out = self.net(x_t, self.net_time(t))
         out = getattr(out, "sample", out)
         check_finite(out, "the model output")
-        if self.learned_variance:
+        if self.outputs_variance:
             channels = out.shape[1]
             if channels != 2 * self.data_shape[0]:
-                raise ValueError(f"a learned_range model must output 2 x {self.data_shape[0]} channels, got {channels}")
+                raise ValueError(
+                    f"a net with a variance output must output 2 x {self.data_shape[0]} channels, got {channels}"
+                )
             eps, v = out.split(channels // 2, dim=1)
             return eps, v
         if tuple(out.shape[1:]) != self.data_shape:

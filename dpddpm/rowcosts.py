@@ -5,7 +5,7 @@ For a fixed t, every edge cost L(t, s), s = 1 .. t-1, is an affine function of a
 
     bpd_n(s) = const[s] + sum_j feature[n, j] * coef[j, s]
 
-* fixed variances: one feature, sum_d (x0 - x^0)_d^2.
+* fixed variances (and frozen analytic ones): one feature, sum_d (x0 - x^0)_d^2.
 * learned_range: per dimension the KL is  0.5 (phi_s(f) + r_s e^2 exp(-f Delta_s))  with
   phi_s(f) = f Delta_s - 1 + exp(-f Delta_s),  Delta_s = log(beta_{t|s} / beta~_{s|t}),  r_s = c1^2 / beta~,
   e = x0 - x^0 and f = (v + 1) / 2 per dimension. Expanding phi_s and exp(-f Delta_s) in Chebyshev
@@ -14,12 +14,15 @@ For a fixed t, every edge cost L(t, s), s = 1 .. t-1, is an affine function of a
   This agrees with the direct sum to ~1e-9 relative or better; a test checks 1e-6 on the real schedule.
 
 Rows accumulate (count, mean, sum of squared deviations) per s, merged across batches with Chan et al.'s
-formula, so standard errors need no second pass and no cancellation.
+formula, so standard errors need no second pass and no cancellation. Every row also accumulates each image's
+mean squared error of x^0 over dimensions (``mse_stats``): m_t, from which :mod:`dpddpm.analytic` derives the
+KL-optimal variances at no extra network call.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ from .schedule import NoiseSchedule
 from .stats import RowStats
 from .terms import LN2
 from .types import VarianceKind
+
+if TYPE_CHECKING:
+    from .analytic import AnalyticVariances
 
 F64 = torch.float64
 
@@ -73,17 +79,29 @@ class KLRow:
     coefficients of phi_s(f) and exp(-f Delta_s), M = M_k and W = W_k the per-sample moments.
     """
 
-    def __init__(self, sched: NoiseSchedule, t: int, variance: VarianceKind, dims: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        sched: NoiseSchedule,
+        t: int,
+        variance: VarianceKind,
+        dims: int,
+        device: torch.device,
+        analytic: AnalyticVariances | None = None,
+    ) -> None:
         self.t, self.variance, self.dims = t, variance, dims
         s = np.arange(1, t)
         j = sched.jump(t, s)
         self.delta = torch.as_tensor(np.log(j.beta / j.beta_post), device=device)  # Delta_s, (t-1,), >= 0
         self.r = torch.as_tensor(j.c1**2 / j.beta_post, device=device)  # r_s, (t-1,)
+        if variance == "analytic":  # log(sigma*^2 / beta~) = log(1 + r_s m_t): the frozen variance, per s
+            self.delta = torch.log1p(self.r * float(analytic.mse[t]))
         self.stats = RowStats(t - 1, device)
+        self.mse_stats = RowStats(1, device)
         self.scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
 
     def add(self, err2: torch.Tensor, v: torch.Tensor | None) -> None:
         """Add samples: err2 = (x0 - x^0)^2 flattened to (B, D) float64; v the raw variance output or None."""
+        self.mse_stats.add_samples(err2.mean(dim=1, keepdim=True))
         if self.variance == "learned_range":
             self._add_learned(err2, v)
             return
@@ -91,7 +109,8 @@ class KLRow:
         if self.variance == "fixed_small":  # sigma^2 = beta~: KL = 0.5 r e^2
             const = torch.zeros_like(self.delta)
             coef = self.r
-        else:  # fixed_large, sigma^2 = beta: KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
+        else:  # fixed_large (sigma^2 = beta) and analytic (sigma^2 = beta~ + c1^2 m_t): with Delta = log(sigma^2 /
+            # beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
             const = self.scale * self.dims * (self.delta + torch.expm1(-self.delta))
             coef = self.r * torch.exp(-self.delta)
         self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
@@ -123,8 +142,10 @@ class DecoderRow:
         num_bins: int,
         device: torch.device,
         chunk_elements: int | None = None,
+        analytic: AnalyticVariances | None = None,
     ) -> None:
         T = sched.T
+        self.analytic = analytic
         u = np.arange(2, T + 1)
         # the ends of the decoder's variance range: log beta~_{1|u} per u, and log(1 - alpha_bar_1)
         self.log_post = torch.as_tensor(np.log(sched.jump(u, 1).beta_post), device=device)  # (T-1,)
@@ -133,10 +154,16 @@ class DecoderRow:
             chunk_elements = 1 << 18 if torch.device(device).type == "cpu" else 1 << 24
         self.variance, self.num_bins, self.chunk_elements = variance, num_bins, chunk_elements
         self.stats = RowStats(T - 1, device)
+        self.mse_stats = RowStats(1, device)
 
     def add(self, x0: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None) -> None:
         """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None."""
         B, D = x0.shape
+        self.mse_stats.add_samples((x0 - x0_hat).pow(2).mean(dim=1, keepdim=True))
+        if self.variance == "analytic":  # one fitted variance, whatever the next kept time u
+            nll = discretized_gaussian_nll(x0, x0_hat, self.analytic.decoder_log_variance, self.num_bins)
+            self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, self.log_post.shape[0]))
+            return
         f = None if v is None else range_fraction(v.reshape(B, -1))[:, :, None]  # once, not per chunk
         step = max(1, self.chunk_elements // max(B * D, 1))
         nll = torch.empty(B, self.log_post.shape[0], dtype=F64, device=x0.device)

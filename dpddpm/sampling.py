@@ -78,6 +78,7 @@ def _run(
             continue
         j = sched.jump(t, s)
         mean = float(j.c1) * x0_hat + float(j.c2) * x
-        log_var = torch.as_tensor(jump_log_variance(sched, t, s, v, model.variance), dtype=torch.float64, device=device)
+        log_var = jump_log_variance(sched, t, s, v, model.variance, analytic=model.analytic)
+        log_var = torch.as_tensor(log_var, dtype=torch.float64, device=device)
         x = mean + torch.exp(0.5 * log_var) * _noise(x.shape, generator, device)
     raise AssertionError("unreachable: a checked schedule ends at t = 1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ import torch
 from .gaussian import discretized_gaussian_nll, model_log_variance, normal_kl, predict_x0, range_fraction
 from .schedule import NoiseSchedule
 from .types import VarianceKind
+
+if TYPE_CHECKING:
+    from .analytic import AnalyticVariances
 
 LN2 = math.log(2.0)
 
@@ -41,7 +45,13 @@ def log_variance_range(sched: NoiseSchedule, t: int, s: int, t_above: int | None
 
 
 def jump_log_variance(
-    sched: NoiseSchedule, t: int, s: int, v: torch.Tensor | None, variance: VarianceKind, t_above: int | None = None
+    sched: NoiseSchedule,
+    t: int,
+    s: int,
+    v: torch.Tensor | None,
+    variance: VarianceKind,
+    t_above: int | None = None,
+    analytic: AnalyticVariances | None = None,
 ) -> torch.Tensor | float:
     """log sigma^2 of the model's jump t -> s, per dimension for ``learned_range`` (float64).
 
@@ -49,7 +59,12 @@ def jump_log_variance(
     learned_range -> f log beta_{t|s} + (1 - f) log beta~_{s|t} with f = (v + 1) / 2.
     For the decoder (t = 1, s = 0) beta~ is beta~_{1|u} of the jump u -> 1, u = t_above, and the
     learned range's upper end is log(1 - alpha_bar_1).
+    analytic -> log(beta~_{s|t} + c1^2 m_t) from the frozen ``analytic`` variances (decoder: their fitted one).
     """
+    if variance == "analytic":
+        if analytic is None:
+            raise ValueError("variance='analytic' needs the fitted AnalyticVariances")
+        return analytic.log_variance(sched, t, s)
     log_min, log_max = log_variance_range(sched, t, s, t_above)
     f = None if v is None else range_fraction(v)
     return model_log_variance(variance, log_min, log_max, f, decoder=s == 0)
@@ -68,6 +83,7 @@ def edge_bpd(
     t_above: int | None = None,
     num_bins: int = 256,
     clip_denoised: bool = True,
+    analytic: AnalyticVariances | None = None,
 ) -> torch.Tensor:
     """One ELBO edge, per sample, in bits/dim.
 
@@ -75,6 +91,7 @@ def edge_bpd(
         t, s: the jump t -> s with 1 <= s < t <= T, or t = 1, s = 0 for the decoder -log p(x_0 | x_1).
         x0: data, shape (B, ...). x_t: the noisy point, same shape. eps, v: the network's outputs at x_t.
         t_above: for the decoder, the next kept time u above 1 (default 2, the full chain).
+        analytic: the frozen variances of an ``"analytic"`` model.
     Returns:
         float64 tensor of shape (B,).
     """
@@ -87,7 +104,7 @@ def edge_bpd(
         raise ValueError(f"t_above must satisfy 1 < t_above <= T = {sched.T}, got {t_above}")
     x0 = x0.double()
     x0_hat = predict_x0(sched, t, x_t, eps, clip_denoised)
-    log_var = jump_log_variance(sched, t, s, v, variance, t_above)
+    log_var = jump_log_variance(sched, t, s, v, variance, t_above, analytic)
     if s == 0:
         return _flat_mean(discretized_gaussian_nll(x0, x0_hat, log_var, num_bins)) / LN2
     # KL(N(m_q, b~) || N(m_p, sigma^2)) with m_q - m_p = c1 (x0 - x^0).

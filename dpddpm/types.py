@@ -12,10 +12,11 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-VarianceKind = Literal["fixed_small", "fixed_large", "learned_range"]
+VarianceKind = Literal["fixed_small", "fixed_large", "learned_range", "analytic"]
 """The model's reverse variance sigma^2 of a jump t -> s: ``"fixed_small"`` beta~_{s|t} (the true posterior's),
-``"fixed_large"`` beta_{t|s}, or ``"learned_range"``, interpolated in log space between the two by the network's
-second output (Nichol & Dhariwal)."""
+``"fixed_large"`` beta_{t|s}, ``"learned_range"``, interpolated in log space between the two by the network's
+second output (Nichol & Dhariwal), or ``"analytic"``, beta~_{s|t} + c1^2 m_t with m_t the error of x^_0 frozen
+from a selection split (the KL-optimal isotropic variance; :mod:`dpddpm.analytic`)."""
 VARIANCE_KINDS: tuple[VarianceKind, ...] = get_args(VarianceKind)
 
 Start = Literal["T", "free"]

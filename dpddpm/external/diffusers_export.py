@@ -56,6 +56,11 @@ def diffusers_scheduler_config(
         clip_sample = model_or_schedule.clip_denoised if clip_sample is None else clip_sample
     else:
         schedule = model_or_schedule
+    if variance == "analytic":  # diffusers' DDPMScheduler has no per-jump variance table to take them
+        raise ValueError(
+            "diffusers' DDPMScheduler cannot hold analytic variances; export with variance='fixed_small' or "
+            "'fixed_large', or sample with dpddpm.sample"
+        )
     return {
         "num_train_timesteps": schedule.T,
         "trained_betas": schedule.betas.tolist(),
