@@ -3,7 +3,8 @@ bits/dim against K, and the three files of an output folder (``results.json``, `
 
 A results dictionary (see :func:`dpddpm.reproduce`) holds, per budget K, the ``dp``, ``even`` and ``quadratic``
 schedules' ``test_bpd``/``test_stderr`` and in-sample ``selection_bpd``/``selection_stderr``, the strides'
-paired ``test_minus_dp``/``test_minus_dp_stderr``, the ``full`` chain of all T steps and ``timing`` in seconds.
+paired ``test_minus_dp``/``test_minus_dp_stderr``, the ``full`` chain of all T steps and ``timing`` in seconds;
+optionally ``dp_analytic`` (the DP with analytic variances) and per-schedule ``samples`` figures.
 """
 
 from __future__ import annotations
@@ -60,17 +61,34 @@ def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
         "| K | even stride | quadratic stride | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    analytic = "dp_analytic" in results["rows"][0]
+    if analytic:
+        lines[-2] += " DP, analytic (test) | analytic − DP |"
+        lines[-1] += "---:|---:|"
     for r in results["rows"]:
         lines.append(
             f"| {r['K']} | {_cell(r['even'], 'test', d)} | {_cell(r['quadratic'], 'test', d)} | "
             f"{_cell(r['dp'], 'test', d)} | {_cell(r['dp'], 'selection', d)} | {_diff(r['even'], d)} | "
             f"{_diff(r['quadratic'], d)} |"
+            + (f" {_cell(r['dp_analytic'], 'test', d)} | {_diff(r['dp_analytic'], d)} |" if analytic else "")
         )
     if full is not None:  # at K = T every schedule is the full chain
         f = _cell(full, "test", d)
-        lines.append(f"| {full['K']} (full chain) | {f} | {f} | {f} | {_cell(full, 'selection', d)} | | |")
+        lines.append(
+            f"| {full['K']} (full chain) | {f} | {f} | {f} | {_cell(full, 'selection', d)} | | |"
+            + (f" {_cell(full['analytic'], 'test', d)} | |" if analytic and "analytic" in full else "")
+        )
         if full.get("test_source") == "given":
             lines += ["", "The full chain's test ELBO was given (a model card's), not estimated in this run."]
+    if analytic:
+        v = results["analytic_variances"]
+        lines += [
+            "",
+            f"Analytic variances: sigma*^2 = beta~ + c1^2 m_t, with m_t fitted on the {v['fitted_on']['N']} "
+            "selection images and frozen for every test figure; the analytic DP ran on their cost matrix.",
+        ]
+    if "samples" in results:
+        lines += ["", *sample_table(results)]
     w = results.get("within_gap")
     if w is not None:
         k_max = max(r["K"] for r in results["rows"])
@@ -90,6 +108,68 @@ def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
     return "\n".join(lines)
 
 
+SAMPLE_KINDS = (("even", "even"), ("quadratic", "quadratic"), ("dp", "DP"), ("dp_analytic", "DP, analytic"))
+
+
+def sample_table(results: dict, *, decimals: int = 2) -> list[str]:
+    """Markdown lines: each schedule's sample scores (mean ± standard error over sample seeds) by K."""
+    info = results["samples"]
+    rows = [r for r in results["rows"] if "samples" in r["dp"]]
+    keys = sorted({k for r in rows for k in r["dp"]["samples"]["ancestral"] if k != "per_seed" and "_stderr" not in k})
+    lines = [
+        f"Sample quality: {info['n']} samples per seed, {len(info['seeds'])} seeds; mean ± standard error over "
+        "seeds. Ancestral sampling uses each schedule's own variances; DDIM (eta = 0) none.",
+        "",
+        "| K | schedule | "
+        + " | ".join(f"ancestral {k}" for k in keys)
+        + " | "
+        + " | ".join(f"DDIM {k}" for k in keys)
+        + " |",
+        "|---:|---|" + "---:|" * (2 * len(keys)),
+    ]
+    for r in rows:
+        for kind, label in SAMPLE_KINDS:
+            if kind not in r or "samples" not in r[kind]:
+                continue
+            s = r[kind]["samples"]
+            cells = [f"{s['ancestral'][k]:.{decimals}f} ± {s['ancestral'][k + '_stderr']:.{decimals}f}" for k in keys]
+            ddim = s.get("ddim")
+            cells += [f"{ddim[k]:.{decimals}f} ± {ddim[k + '_stderr']:.{decimals}f}" if ddim else "" for k in keys]
+            lines.append(f"| {r['K']} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_elbo_vs_score(results: Sequence[dict], path: str | Path, *, score: str = "fid") -> None:
+    """Test ELBO against a sample score (ancestral sampling), one panel per results dictionary: one marker per
+    schedule family, the budget K written next to each point; error bars are the standard errors. PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.4), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for (kind, label), marker in zip(SAMPLE_KINDS, "osD^"):
+            pts = [(r["K"], r[kind]) for r in res["rows"] if kind in r and "samples" in r[kind]]
+            if not pts:
+                continue
+            x = [e["samples"]["ancestral"][score] for _, e in pts]
+            xerr = [e["samples"]["ancestral"][score + "_stderr"] for _, e in pts]
+            y = [e["test_bpd"] for _, e in pts]
+            ax.errorbar(x, y, xerr=xerr, yerr=[e["test_stderr"] for _, e in pts], fmt=marker, ms=4, label=label)
+            for (k, _), xi, yi in zip(pts, x, y):
+                ax.annotate(str(k), (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"digits {score.upper() if score == 'fid' else score} (ancestral samples)")
+        ax.set_title(f"{res['model']}: ELBO against sample quality")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("test ELBO, bits/dim")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot(results: dict | Sequence[dict], path: str | Path, *, baseline: Mapping | None = None) -> None:
     """Test bits/dim against K (log-log) for the three schedule families, one panel per results dictionary;
     the DP's in-sample figure dashed, all T steps and an optional ``baseline`` (``"bpd"``) as lines. PNG."""
@@ -107,6 +187,10 @@ def plot(results: dict | Sequence[dict], path: str | Path, *, baseline: Mapping 
             ax.errorbar(
                 ks, [r[kind]["test_bpd"] for r in res["rows"]], yerr=yerr, marker="o", ms=3, capsize=2, label=label
             )
+        if "dp_analytic" in res["rows"][0]:
+            yerr = [r["dp_analytic"]["test_stderr"] for r in res["rows"]]
+            ys = [r["dp_analytic"]["test_bpd"] for r in res["rows"]]
+            ax.errorbar(ks, ys, yerr=yerr, marker="D", ms=3, capsize=2, label="DP, analytic variances")
         ax.plot(ks, [r["dp"]["selection_bpd"] for r in res["rows"]], "k--", lw=1, label="DP (in-sample)")
         if res["full"] is not None:
             ax.axhline(res["full"]["test_bpd"], color="gray", lw=1, label=f"full chain (T = {res['T']})")

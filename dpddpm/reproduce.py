@@ -5,6 +5,12 @@
 3. for the even, quadratic and DP schedules of each K (and all T steps): fresh ELBOs on held-out test images, and
    the in-sample ELBO (the matrix's own value, replayed image by image for its standard error);
 4. the smallest K whose DP schedule is within ``gap`` bits/dim of all T steps (the paper's headline criterion);
+   optionally (``analytic=True``) the same with the KL-optimal variances of :mod:`dpddpm.analytic`, fitted on
+   the selection images and frozen: the DP runs on the analytic matrix, and its test ELBOs use the frozen
+   variances (``dp_analytic``);
+   optionally (``sample_score``) sample quality: for each K up to ``sample_max_steps``, ancestral samples on
+   every schedule and DDIM (eta = 0) samples on the even, quadratic and DP schedules, scored once per sample
+   seed, with the mean and its standard error over seeds;
 5. with an output folder: ``results.json``, ``results.md`` and ``results.png`` (see :mod:`dpddpm.report`).
 
 Every standard error is over images, of each image's total. Every test ELBO (each schedule, each K, the full
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .analytic import AnalyticVariances, analytic_costs, fit_analytic_variances, with_analytic_variances
 from .costmatrix import CostMatrix
 from .costs import cost_matrix
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd
@@ -33,6 +40,7 @@ from .evaluate import ELBOEstimate, elbo, in_sample_elbo
 from .model import DDPM, resolve_device
 from .nettimer import NetTimer
 from .report import markdown_table, plot, write_results
+from .sampling import ddim_sample, sample
 from .strides import even_schedule, quadratic_schedule
 
 __all__ = [
@@ -48,6 +56,10 @@ __all__ = [
 
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256)
 GAP_BPD = 0.1  # bits/dim: "within 0.1 of all T steps", the paper's criterion
+SAMPLE_SEEDS = (0, 1, 2, 3, 4)
+
+#: scores a batch of samples (n, *data_shape) in [-1, 1]: named numbers, e.g. {"fid": ..., "confidence": ...}
+SampleScore = Callable[[torch.Tensor], Mapping[str, float]]
 
 
 def budgets(T: int, steps: Sequence[int] | None = None) -> list[int]:
@@ -120,6 +132,11 @@ def reproduce(
     gap: float = GAP_BPD,
     progress: bool = True,
     name: str = "model",
+    analytic: bool = False,
+    sample_score: SampleScore | None = None,
+    sample_max_steps: int = 64,
+    sample_n: int | None = None,
+    sample_seeds: Sequence[int] = SAMPLE_SEEDS,
 ) -> dict:
     """Run the pipeline; with ``out_dir``, write ``results.json``, ``results.md`` and ``results.png`` there.
 
@@ -139,6 +156,12 @@ def reproduce(
         resume: continue the cost matrix from ``out_dir/costs.npz``.
         seed: the cost matrix's noise seed; the test ELBOs use ``seed + 1``.
         gap: bits/dim for the "smallest K within ``gap`` of all T steps" summary.
+        analytic: also fit analytic variances on the selection images (frozen for every test figure), run the
+            DP on their cost matrix and report its schedules (``dp_analytic``) and, unless ``skip_full``, the
+            full chain with them.
+        sample_score: scores samples (see :data:`SampleScore`); with it, every K <= ``sample_max_steps`` gets
+            sample-quality figures (``samples``) per schedule, ``sample_n`` samples (default: as many as test
+            images) per seed of ``sample_seeds``.
     Returns:
         the results dictionary that is also written as JSON (bits/dim, stderr, schedules, timings in seconds).
     """
@@ -172,14 +195,41 @@ def reproduce(
         best = optimal_schedules(costs, max(Ks), device=device if device.type == "cuda" else None)
         timing["dp_s"] = time.perf_counter() - t0
 
-        def measure(sched: np.ndarray) -> tuple[ELBOEstimate, ELBOEstimate]:
+        def measure(sched: np.ndarray, which: DDPM = model, matrix: CostMatrix = costs) -> tuple[ELBOEstimate, ...]:
             """(test, in-sample) ELBO estimates of one schedule."""
-            test_est = elbo(model, test, sched, batch_size=test_batch_size or batch_size, device=device, seed=test_seed)
-            return test_est, in_sample_elbo(model, selection, costs, sched, batch_size=batch_size, device=device)
+            test_est = elbo(which, test, sched, batch_size=test_batch_size or batch_size, device=device, seed=test_seed)
+            return test_est, in_sample_elbo(which, selection, matrix, sched, batch_size=batch_size, device=device)
 
         t0 = time.perf_counter()
         rows = [_budget_row(K, best, T, costs, measure) for K in Ks]
         timing["elbo_s"] = time.perf_counter() - t0
+
+        variances = None
+        if analytic:
+            t0 = time.perf_counter()
+            variances = fit_analytic_variances(model, selection, costs, batch_size=batch_size, device=device)
+            analytic_model = with_analytic_variances(model, variances)
+            analytic_matrix = analytic_costs(costs, variances, model, selection, batch_size=batch_size)
+            best_analytic = optimal_schedules(
+                analytic_matrix, max(Ks), device=device if device.type == "cuda" else None
+            )
+            for row in rows:
+                sched = best_analytic.schedule(row["K"])
+                found = measure(sched, analytic_model, analytic_matrix)
+                row["dp_analytic"] = {"schedule": [int(t) for t in sched], **_entry(*found, analytic_matrix)}
+                row["dp_analytic"].update(_paired(*found, *row.pop("_dp_estimates")))
+            timing["analytic_s"] = time.perf_counter() - t0
+        for row in rows:
+            row.pop("_dp_estimates", None)
+
+        if sample_score is not None:
+            t0 = time.perf_counter()
+            n = int(sample_n or test.shape[0])
+            models = {"dp_analytic": analytic_model} if analytic else {}
+            for row in rows:
+                if row["K"] <= sample_max_steps:
+                    _score_samples(row, model, models, sample_score, n, sample_seeds, device)
+            timing["samples_s"] = time.perf_counter() - t0
 
         full = None
         if not skip_full:
@@ -187,6 +237,19 @@ def reproduce(
             full = _full_chain(
                 model, selection, test, costs, full_test, batch_size, test_batch_size, device, test_seed, progress
             )
+            if analytic:
+                full["analytic"] = _full_chain(
+                    analytic_model,
+                    selection,
+                    test,
+                    analytic_matrix,
+                    None,
+                    batch_size,
+                    test_batch_size,
+                    device,
+                    test_seed,
+                    progress,
+                )
             timing["full_elbo_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - start
     timing["total_network_s"] = whole.seconds
@@ -209,6 +272,10 @@ def reproduce(
         "within_gap": None if full is None else _within_gap(best, rows, full, gap),
         "timing": timing,
     }
+    if variances is not None:
+        results["analytic_variances"] = _variances_summary(variances)
+    if sample_score is not None:
+        results["samples"] = {"n": int(sample_n or test.shape[0]), "seeds": [int(s) for s in sample_seeds]}
     if out_dir is not None:
         write_results(results, out_dir)
     return results
@@ -236,7 +303,61 @@ def _budget_row(
             dp = found
         else:
             row[kind].update(_paired(*found, *dp))
+    row["_dp_estimates"] = dp  # for the analytic DP's paired difference; removed before the results are returned
     return row
+
+
+def _score_samples(
+    row: dict,
+    model: DDPM,
+    other_models: Mapping[str, DDPM],
+    score: SampleScore,
+    n: int,
+    seeds: Sequence[int],
+    device: torch.device,
+) -> None:
+    """Sample-quality figures of one budget's schedules, in place: ``row[kind]["samples"][sampler]`` holds each
+    score's mean over seeds, its standard error over seeds and the per-seed values. Ancestral sampling on every
+    schedule (with the model the schedule was chosen for); DDIM (eta = 0, variance-free) on the even, quadratic
+    and DP schedules."""
+    for kind in ("even", "quadratic", "dp", "dp_analytic"):
+        if kind not in row:
+            continue
+        sched = np.asarray(row[kind]["schedule"])
+        samplers = {"ancestral": (sample, other_models.get(kind, model))}
+        if kind != "dp_analytic":
+            samplers["ddim"] = (ddim_sample, model)
+        figures = {}
+        for sampler, (fn, which) in samplers.items():
+            per_seed: dict[str, list[float]] = {}
+            for s in seeds:
+                images = fn(which, sched, n, torch.Generator(device=device).manual_seed(int(s)), device=device)
+                for key, value in score(images).items():
+                    per_seed.setdefault(key, []).append(float(value))
+            figures[sampler] = {
+                **{k: float(np.mean(v)) for k, v in per_seed.items()},
+                **{f"{k}_stderr": _seed_stderr(v) for k, v in per_seed.items()},
+                "per_seed": per_seed,
+            }
+        row[kind]["samples"] = figures
+
+
+def _seed_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean over sample seeds (NaN for one seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def _variances_summary(variances: AnalyticVariances) -> dict:
+    """Where the frozen variances came from and a few values of m_t (not the whole curve)."""
+    T = variances.T
+    ts = sorted({1, 2, 10, 100, T // 4, T // 2, T})
+    return {
+        "fitted_on": variances.info,
+        "fingerprint": variances.fingerprint(),
+        "decoder_log_variance": variances.decoder_log_variance,
+        "mse_at": {str(t): float(variances.mse[t]) for t in ts if 1 <= t <= T},
+    }
 
 
 def _full_chain(

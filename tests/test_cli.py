@@ -278,3 +278,52 @@ def test_elbo_on_ddims_own_stride(tiny, tmp_path):
     saved = json.loads(out.read_text())
     assert saved["schedule"] == dpddpm.ddim_schedule(T, 4, "quad").tolist()
     assert saved["schedule"][0] < T  # DDIM's stride stops near 0.8 T
+
+
+def test_fit_variances_then_use_them_everywhere(tmp_path, capsys):
+    """costs -> fit-variances -> elbo/sample with --variances, on a bundled model; the CLI's figure is the
+    library's frozen-variance ELBO; variances of another model and --variances in reproduce are refused."""
+    sel = ["--pretrained", "digits-simple", "--digits-split", "selection", "--limit", "12", "--device", "cpu"]
+    costs, variances = tmp_path / "sel.npz", tmp_path / "v.json"
+    assert cli.main(["costs", *sel, "--batch-size", "4096", "--quiet", "--out", str(costs)]) == 0
+    assert cli.main(["fit-variances", *sel, "--costs", str(costs), "--out", str(variances)]) == 0
+    av = dpddpm.AnalyticVariances.load(variances)
+    assert av.info["N"] == 12 and av.info["model_variance"] == "fixed_small"
+    test = ["--pretrained", "digits-simple", "--digits-split", "test", "--limit", "10", "--device", "cpu"]
+    out = tmp_path / "e.json"
+    assert cli.main(["elbo", *test, "--variances", str(variances), "--even", "8", "--quiet", "--json", str(out)]) == 0
+    model = dpddpm.load_pretrained("digits-simple")
+    frozen = dpddpm.with_analytic_variances(model, av)
+    want = dpddpm.elbo(frozen, dpddpm.digits_split("test")[:10], dpddpm.even_schedule(4000, 8))
+    assert json.loads(out.read_text())["bpd"] == pytest.approx(want.bpd, rel=1e-9)
+    png = tmp_path / "s.png"
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--pretrained",
+                "digits-simple",
+                "--variances",
+                str(variances),
+                "--even",
+                "8",
+                "-n",
+                "4",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    assert png.stat().st_size > 0
+    capsys.readouterr()
+    other = ["--pretrained", "digits-hybrid", "--digits-split", "test", "--limit", "4", "--device", "cpu"]
+    assert cli.main(["elbo", *other, "--variances", str(variances), "--even", "4", "--quiet"]) == 2
+    assert "fitted for another model" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["reproduce", "--pretrained", "digits-simple", "--variances", str(variances), "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
+    assert "--analytic" in capsys.readouterr().err

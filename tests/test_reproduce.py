@@ -88,3 +88,46 @@ def test_given_full_chain_and_skipped_full_chain(tmp_path):
     assert "given" in (tmp_path / "results.md").read_text()
     skipped = reproduce(model, selection, test, steps=[3], skip_full=True, progress=False)
     assert skipped["full"] is None and skipped["within_gap"] is None
+
+
+def test_analytic_variances_and_sample_scores_in_the_pipeline(tmp_path):
+    """The analytic DP is fitted on the selection images only: other test images change its test figures and
+    nothing upstream (variances, schedules); every schedule of K <= sample_max_steps gets per-seed scores."""
+    model, selection = tiny_model(T=12), discrete_data(10, seed=1)
+    test_a = discrete_data(8, seed=2)
+    test_b = discrete_data(8, seed=7)
+    seen: list[tuple[int, ...]] = []
+
+    def score(images: torch.Tensor) -> dict[str, float]:
+        seen.append(tuple(images.shape))
+        return {"spread": float(images.std()), "mean": float(images.mean())}
+
+    options = dict(steps=[3, 5], analytic=True, sample_score=score, sample_max_steps=3, sample_seeds=(0, 1, 2))
+    a = reproduce(model, selection, test_a, tmp_path, progress=False, **options)
+    b = reproduce(model, selection, test_b, progress=False, **options)
+    assert a["analytic_variances"] == b["analytic_variances"]  # the same frozen variances
+    assert a["analytic_variances"]["fitted_on"]["N"] == 10
+    for ra, rb in zip(a["rows"], b["rows"]):
+        assert ra["dp_analytic"]["schedule"] == rb["dp_analytic"]["schedule"]
+        assert ra["dp_analytic"]["selection_bpd"] == rb["dp_analytic"]["selection_bpd"]
+        assert ra["dp_analytic"]["test_bpd"] != rb["dp_analytic"]["test_bpd"]
+    # the analytic test figures are those of the frozen model, and their difference to the DP is paired
+    costs = dpddpm.cost_matrix(model, selection, progress=False)
+    variances = dpddpm.fit_analytic_variances(model, selection, costs)
+    frozen = dpddpm.with_analytic_variances(model, variances)
+    row = a["rows"][0]
+    want = dpddpm.elbo(frozen, test_a, row["dp_analytic"]["schedule"], seed=1)
+    dp = dpddpm.elbo(model, test_a, row["dp"]["schedule"], seed=1)
+    assert row["dp_analytic"]["test_bpd"] == pytest.approx(want.bpd, rel=1e-9)
+    assert row["dp_analytic"]["test_minus_dp_stderr"] == pytest.approx(want.paired_stderr(dp), rel=1e-6)
+    assert a["full"]["analytic"]["selection_bpd"] <= a["full"]["selection_bpd"] + 1e-12  # optimal per edge
+    # samples: K = 3 only; 4 schedules ancestral + 3 DDIM, 3 seeds each, as many samples as test images
+    assert "samples" in row["dp"] and "samples" not in a["rows"][1]["dp"]
+    assert set(row["dp_analytic"]["samples"]) == {"ancestral"}
+    assert set(row["even"]["samples"]) == {"ancestral", "ddim"}
+    assert len(seen) == 2 * 7 * 3 and set(seen) == {(8, 1, 4, 4)}
+    s = row["quadratic"]["samples"]["ddim"]
+    assert s["spread"] == pytest.approx(np.mean(s["per_seed"]["spread"]))
+    assert s["spread_stderr"] == pytest.approx(np.std(s["per_seed"]["spread"], ddof=1) / np.sqrt(3))
+    text = (tmp_path / "results.md").read_text()
+    assert "analytic − DP" in text and "ancestral spread" in text and "DDIM spread" in text

@@ -180,6 +180,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_variances(args: argparse.Namespace) -> int:
+    from ..analytic import fit_analytic_variances
+
+    out = check_output(args.out, example="variances.json")
+    if args.variances:
+        raise UsageError("fit-variances fits on the model's own variances: leave out --variances")
+    model = inputs.load_model(args)
+    data = inputs.load_data(args)
+    costs = inputs.load_costs(args.costs, model)
+    variances = fit_analytic_variances(model, data, costs, batch_size=args.batch_size)
+    path = variances.save(out)
+    print(
+        f"wrote {path}: analytic variances fitted on {variances.info['N']} images "
+        f"(decoder log variance {variances.decoder_log_variance:.4f}; m_1 = {variances.mse[1]:.3e}, "
+        f"m_T = {variances.mse[-1]:.3e})"
+    )
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..reproduce import markdown_table, reproduce, selection_and_test
 
@@ -190,6 +209,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "--data PATH is needed (the bundled --pretrained digits models default to the "
             "digits selection and test splits)"
         )
+    if args.variances:
+        raise UsageError("reproduce fits its own analytic variances on the selection images: use --analytic")
     out = check_output(args.out, folder=True)
     args.rows_file = out / "costs.npz"
     model = inputs.load_model(args)
@@ -213,6 +234,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         name=name,
+        analytic=args.analytic,
     )
     print(markdown_table(res))
     print(f"wrote {out / 'results.json'}, results.md, results.png")

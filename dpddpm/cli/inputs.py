@@ -83,7 +83,25 @@ def check_output(path: str | os.PathLike, *, folder: bool = False, example: str 
 
 
 def load_model(args: argparse.Namespace) -> DDPM:
-    """The DDPM named by --pretrained, --checkpoint (+ --preset/--flag) or --diffusers, on args.device."""
+    """The DDPM named by --pretrained, --checkpoint (+ --preset/--flag) or --diffusers, on args.device, with
+    the frozen analytic variances of --variances FILE when given."""
+    model = _load_base_model(args)
+    if not getattr(args, "variances", None):
+        return model
+    from ..analytic import AnalyticVariances, with_analytic_variances
+    from ..fingerprint import model_fingerprint
+
+    file = require_file(args.variances, "analytic-variances file")
+    variances = AnalyticVariances.load(file)
+    if variances.T != model.T:
+        raise UsageError(f"the variances in {file} are for T = {variances.T}, the model has T = {model.T}")
+    fitted_by = variances.info.get("weights_fingerprint")
+    if fitted_by and fitted_by != model_fingerprint(model):
+        raise UsageError(f"the variances in {file} were fitted for another model (its weights fingerprint differs)")
+    return with_analytic_variances(model, variances)
+
+
+def _load_base_model(args: argparse.Namespace) -> DDPM:
     dev = device(args.device)
     chosen = [n for n in ("pretrained", "checkpoint", "diffusers") if getattr(args, n)]
     if len(chosen) != 1:

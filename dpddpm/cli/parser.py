@@ -37,6 +37,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
     p.add_argument(
+        "--variances",
+        metavar="FILE",
+        help="use the frozen analytic variances of FILE (written by `dpddpm fit-variances`) for every jump",
+    )
+    p.add_argument(
         "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
     )
     p.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
@@ -177,6 +182,22 @@ def _add_export(sub) -> None:
     p.add_argument("--out", default=None, help="output .json (default: print)")
 
 
+def _add_fit_variances(sub) -> None:
+    p = _command(
+        sub,
+        "fit-variances",
+        commands.cmd_fit_variances,
+        "fit analytic (KL-optimal) variances on selection data",
+        "From a cost matrix of the model on selection data (its recorded errors of x^_0) and N more network "
+        "calls for the decoder, write the frozen analytic variances sigma*^2 = beta~ + c1^2 m_t as JSON; use "
+        "them with --variances FILE in costs, elbo, sample.",
+        _add_model_args,
+        _add_data_args,
+    )
+    p.add_argument("--costs", required=True, metavar="FILE", help="the model's cost matrix on the same data")
+    p.add_argument("--out", required=True, help="output .json")
+
+
 def _add_reproduce(sub) -> None:
     p = _command(
         sub,
@@ -201,6 +222,11 @@ def _add_reproduce(sub) -> None:
         "--steps", type=int, nargs="+", default=None, help="budgets K (default: 8 16 32 64 128 256, those <= T)"
     )
     p.add_argument("--skip-full", action="store_true", help="skip the ELBO of all T steps")
+    p.add_argument(
+        "--analytic",
+        action="store_true",
+        help="also fit analytic variances on the selection images (frozen) and run the DP on their matrix",
+    )
     p.add_argument("--resume", action="store_true", help="resume the cost matrix from OUT/costs.npz")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -214,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="ELBO-optimal step schedules for pretrained DDPMs (Watson et al., 2021).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_costs, _add_merge, _add_schedule, _add_elbo, _add_sample, _add_export, _add_reproduce):
+    for add in (
+        _add_costs,
+        _add_merge,
+        _add_schedule,
+        _add_elbo,
+        _add_sample,
+        _add_export,
+        _add_fit_variances,
+        _add_reproduce,
+    ):
         add(sub)
     return parser
