@@ -49,6 +49,21 @@ def digits_split(name: str) -> torch.Tensor:
     return torch.from_numpy(_scaled_images()[split_indices()[name]].copy())
 
 
+@lru_cache(maxsize=1)
+def _labels() -> np.ndarray:
+    """The digit (0..9) of each of the 1797 images, int64 (1797,), in scikit-learn's order."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().target.astype(np.int64)
+
+
+def digits_labels(name: str) -> torch.Tensor:
+    """The digits (0..9) of one split as an int64 tensor (N,), in the same order as ``digits_split(name)``."""
+    if name not in SPLIT_SIZES:
+        raise ValueError(f"unknown digits split {name!r}; known: {', '.join(SPLITS)}")
+    return torch.from_numpy(_labels()[split_indices()[name]].copy())
+
+
 def to_levels(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] data -> integer levels 0..16 (long), same shape."""
     return torch.round((x.double() + 1.0) * (NUM_BINS - 1) / 2.0).long()
