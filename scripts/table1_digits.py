@@ -1,16 +1,22 @@
-"""Table 1 of Watson et al. (2021) measured on the bundled digits models, by `dpddpm.reproduce`.
+"""Table 1 of Watson et al. (2021) measured on the bundled digits models, by `dpddpm.reproduce`, extended.
 
 For each model, `dpddpm.reproduce` on the digits selection split (the cost matrix, seed 0) and test split: the
-DP's optimal schedules for every K <= 256, and for K in {2, 4, ..., 256} the test ELBO (bits/dim, ± standard
+DP's optimal schedules for every K <= 256, and for K in {4, 8, ..., 256} the test ELBO (bits/dim, ± standard
 error over images; noise seed 1, one network batch of all 300 images) and the in-sample ELBO of the even stride,
-the quadratic stride and the DP schedule, with paired errors for the strides' excess over the DP; all T = 4000
-steps (test ELBO from the model card unless --fresh-full-chain); the smallest K within 0.1 bits/dim of it. Plus
-the per-pixel categorical baseline and samples of the full chain and the 32-step DP schedule.
+the quadratic stride, the DP schedule and the DP with analytic variances (fitted on the selection split, frozen;
+the DP runs on their matrix), with paired errors for each one's difference to the DP; all T = 4000 steps (test
+ELBO from the model card unless --fresh-full-chain; with analytic variances always fresh); the smallest K within
+0.1 bits/dim of it. For K <= 64, sample quality: digits FID against the 300 test images and mean classifier
+confidence of 300 samples per seed, 5 seeds (mean ± standard error over seeds), for ancestral sampling on each
+schedule and DDIM (eta = 0) on the even, quadratic and DP schedules. Plus the per-pixel categorical baseline,
+the FID's noise floor (two disjoint real sets of 300), samples of the full chain and the 32-step DP schedule,
+and grids of every sampler at K = 16.
 
     python scripts/table1_digits.py [--out results] [--threads 1] [--fresh-full-chain] [--replot]
 
-Writes results/table1_digits.{json,md,png} (the JSON: reproduce's results per model) and
-results/samples_<model>.png. The float64 cost matrices (4001 x 4001, 128 MB each) are not saved.
+Writes results/table1_digits.{json,md,png}, results/table1_digits_elbo_vs_fid.png,
+results/samples_<model>.png and results/samples_k16_<model>.png. The float64 cost matrices (4001 x 4001,
+128 MB each) are not saved.
 """
 
 from __future__ import annotations
@@ -26,11 +32,21 @@ import dpddpm
 from dpddpm.digits import PRETRAINED, categorical_baseline_bpd, digits_split, load_pretrained, model_card
 from dpddpm.files import read_json, write_json
 from dpddpm.grids import save_grid_figure
-from dpddpm.report import markdown_table, plot, write_markdown
+from dpddpm.quality import load_digits_score
+from dpddpm.report import markdown_table, plot, plot_elbo_vs_score, write_markdown
 
-KS = (2, 4, 8, 16, 32, 64, 128, 256)
+KS = (4, 8, 16, 32, 64, 128, 256)
 SEED = 0  # the cost matrices' noise; the test ELBOs use SEED + 1
 SAMPLES_K = 32
+GRID_K = 16  # the budget of the side-by-side sample grids
+SAMPLE_MAX_K = 64  # sample quality for K <= this
+SAMPLE_SEEDS = (0, 1, 2, 3, 4)
+
+
+def digits_sample_score(images: torch.Tensor) -> dict[str, float]:
+    """Digits FID against the test split and mean classifier confidence of one set of samples."""
+    score = load_digits_score()
+    return {"fid": score.fid(images), "confidence": score.confidence(images).mean}
 
 
 def run_model(name: str, selection: torch.Tensor, test: torch.Tensor, fresh_full: bool) -> dict:
@@ -45,6 +61,10 @@ def run_model(name: str, selection: torch.Tensor, test: torch.Tensor, fresh_full
         seed=SEED,
         name=name,
         full_test=None if fresh_full else model_card(name)["test_elbo"],
+        analytic=True,
+        sample_score=digits_sample_score,
+        sample_max_steps=SAMPLE_MAX_K,
+        sample_seeds=SAMPLE_SEEDS,
     )
 
 
@@ -64,6 +84,31 @@ def save_samples(name: str, res: dict, out: Path) -> str:
     return path.name
 
 
+def save_sampler_grids(name: str, res: dict, out: Path) -> str:
+    """32 samples of every schedule at K = GRID_K, ancestral and DDIM, side by side (seed 0); returns the file."""
+    model = load_pretrained(name)
+    row = next(r for r in res["rows"] if r["K"] == GRID_K)
+    frozen = None
+    if "dp_analytic" in row:  # refit from the selection split exactly as the pipeline did (same seed, same data)
+        selection = digits_split("selection")
+        costs = dpddpm.cost_matrix(model, selection, batch_size=4096, seed=SEED, progress=False)
+        frozen = dpddpm.with_analytic_variances(model, dpddpm.fit_analytic_variances(model, selection, costs))
+    panels = []
+    for kind, label in (("even", "even"), ("quadratic", "quadratic"), ("dp", "DP"), ("dp_analytic", "DP, analytic")):
+        if kind not in row:
+            continue
+        sched = np.asarray(row[kind]["schedule"])
+        which = frozen if kind == "dp_analytic" else model
+        gen = torch.Generator().manual_seed(SEED)
+        panels.append((f"{label}, ancestral", dpddpm.sample(which, sched, 32, generator=gen)))
+        if kind != "dp_analytic":
+            gen = torch.Generator().manual_seed(SEED)
+            panels.append((f"{label}, DDIM", dpddpm.ddim_sample(model, sched, 32, generator=gen)))
+    path = out / f"samples_k{GRID_K}_{name}.png"
+    save_grid_figure(panels, path, cols=4)
+    return path.name
+
+
 def markdown(table: dict) -> str:
     """The whole table: what it measures, the baseline, then each model's reproduce table."""
     base = table["baseline"]
@@ -76,6 +121,15 @@ def markdown(table: dict) -> str:
         f"Per-pixel categorical baseline: {base['bpd']:.3f} ± {base['stderr']:.3f} bits/dim.",
         "",
     ]
+    floor = table.get("fid_noise_floor")
+    if floor is not None:
+        lines += [
+            f"Digits FID noise floor (two disjoint real sets of {floor['size']}, {len(floor['values'])} random "
+            f"re-splits of the selection and test images): {floor['mean']:.1f} (standard deviation "
+            f"{floor['std']:.1f}); the selection split against the test split: {floor['selection_vs_test']:.1f}. "
+            "FID differences below the floor's spread are not differences.",
+            "",
+        ]
     for res in table["models"].values():
         lines += [markdown_table(res, decimals=3, level=2), ""]
     return "\n".join(lines)
@@ -89,6 +143,7 @@ def write_outputs(table: dict, out: Path) -> None:
         out / "table1_digits.png",
         baseline={"bpd": table["baseline"]["bpd"], "label": "per-pixel categorical"},
     )
+    plot_elbo_vs_score(list(table["models"].values()), out / "table1_digits_elbo_vs_fid.png", score="fid")
 
 
 def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
@@ -101,7 +156,17 @@ def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
         "baseline": {"bpd": bpd, "stderr": stderr, "model": "per-pixel categorical, add-one, fit on train"},
         "models": {name: run_model(name, selection, test, fresh_full) for name in models},
     }
+    score = load_digits_score()
+    floor = score.noise_floor(size=len(test), repeats=50)
+    table["fid_noise_floor"] = {
+        "size": floor.size,
+        "mean": floor.mean,
+        "std": floor.std,
+        "values": [float(v) for v in floor.values],
+        "selection_vs_test": score.fid(selection),
+    }
     table["samples"] = {name: save_samples(name, res, out) for name, res in table["models"].items()}
+    table["sampler_grids"] = {name: save_sampler_grids(name, res, out) for name, res in table["models"].items()}
     table["total_wall_s"] = round(time.time() - start, 1)
     return table
 
@@ -132,6 +197,7 @@ def main() -> None:
         table = read_json(args.out / "table1_digits.json", "Table 1 results")
         for name, res in table["models"].items():
             save_samples(name, res, args.out)
+            save_sampler_grids(name, res, args.out)
     else:
         table = run_table(args.models, args.fresh_full_chain, args.out)
         write_json(args.out / "table1_digits.json", table)
