@@ -39,6 +39,17 @@ if TYPE_CHECKING:
 F64 = torch.float64
 
 
+def x_minus_1_plus_exp_neg(x: torch.Tensor) -> torch.Tensor:
+    """x - 1 + exp(-x) without cancellation: its Taylor series x^2/2 - x^3/6 + x^4/24 - x^5/120 below 3e-3.
+
+    For the tiny log-variance ratios of short jumps near t = T (1e-9 and less) the direct form loses 7 and more
+    of its 16 digits; the truncated series errs by x^4/360 relative (< 3e-13), the direct form by 2 eps / x.
+    """
+    direct = x + torch.expm1(-x)
+    series = x * x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x / 120.0)))
+    return torch.where(x.abs() < 3e-3, series, direct)
+
+
 def chebyshev_degree(spread: float) -> int:
     """Number of Chebyshev terms for exp(c y) on [-1, 1] with |c| = spread.
 
@@ -111,7 +122,7 @@ class KLRow:
             coef = self.r
         else:  # fixed_large (sigma^2 = beta) and analytic (sigma^2 = beta~ + c1^2 m_t): with Delta = log(sigma^2 /
             # beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
-            const = self.scale * self.dims * (self.delta + torch.expm1(-self.delta))
+            const = self.scale * self.dims * x_minus_1_plus_exp_neg(self.delta)
             coef = self.r * torch.exp(-self.delta)
         self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
 

@@ -94,13 +94,15 @@ def test_zero_call_analytic_matrix_equals_a_full_run_of_the_analytic_model(varia
     full = dpddpm.cost_matrix(dpddpm.with_analytic_variances(model, variances), data, progress=False, batch_size=64)
     assert_costs_close(fast, full)
     assert fast.info.variance == "analytic" and fast.info.weights_fingerprint == full.info.weights_fingerprint
-    # in-sample, the analytic edge is the optimum 1/2 log2(1 + d m_t) and never worse than the model's own
+    # in-sample, the analytic edge is the optimum 1/2 log2(1 + d m_t): never worse than a fixed isotropic
+    # variance (a learned one varies per image and dimension, so it can win on some edges)
     for t in (3, 8, 12):
         s = np.arange(1, t)
         np.testing.assert_allclose(
             fast.kl[t, 1:t], np.log2(1 + (snr(model.schedule, s) - snr(model.schedule, t)) * costs.mse[t]) / 2
         )
-        assert np.all(fast.kl[t, 1:t] <= costs.kl[t, 1:t] + 1e-12)
+        if variance != "learned_range":
+            assert np.all(fast.kl[t, 1:t] <= costs.kl[t, 1:t] + 1e-12)
     # the replay of a schedule on the analytic matrix reproduces its value per image
     best = dpddpm.optimal_schedules(fast, 5)
     analytic_model = dpddpm.with_analytic_variances(model, variances)

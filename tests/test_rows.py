@@ -81,3 +81,20 @@ def test_learned_variance_chebyshev_is_exact(t):
     direct = per_dim.mean(1) / LN2  # (B, S)
     np.testing.assert_allclose(mean[cols], direct.mean(0).numpy(), rtol=1e-6)
     np.testing.assert_allclose(se[cols], (direct.std(0) / math.sqrt(B)).numpy(), rtol=1e-4)
+
+
+def test_x_minus_1_plus_exp_neg_keeps_its_digits_for_tiny_x():
+    """The constant of fixed_large and analytic rows, x - 1 + e^-x, against 50-digit arithmetic: the direct
+    form keeps about 9 of 16 digits at x = 1e-9 and 3 at 1e-12 (short jumps near t = T); the package's all."""
+    import mpmath
+
+    from dpddpm.rowcosts import x_minus_1_plus_exp_neg
+
+    mpmath.mp.dps = 50
+    xs = torch.tensor([1e-15, 1e-9, 1e-6, 1e-3, 2.9e-3, 3.1e-3, 0.1, 1.0, 20.0], dtype=torch.float64)
+    got = x_minus_1_plus_exp_neg(xs)
+    for x, value in zip(xs.tolist(), got.tolist()):
+        exact = float(mpmath.mpf(x) - 1 + mpmath.exp(-mpmath.mpf(x)))
+        assert abs(value - exact) <= 1e-12 * exact, (x, value, exact)
+    direct = float(xs[1] + torch.expm1(-xs[1]))
+    assert abs(direct - 5e-19) > 1e-8 * 5e-19  # what the naive form gives: the reason for the series
