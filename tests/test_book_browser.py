@@ -5,9 +5,15 @@ The first tests open files (``file://``); the ``http`` ones serve ``_build/_buil
 (math typeset, images loaded), the search page (a query returns results) and every chapter's ``.ipynb`` download
 (linked from the page, served with status 200, a valid notebook).
 
+The course checks: every chapter has at least three exercises, each with a worked solution in a sphinx-design
+dropdown (a ``<details>`` element) that is closed when the page loads, its content taking no space until it is
+opened, and every ``hide-input`` cell (a reference solution's check) is collapsed the same way; the bibliography
+page lists every entry of ``book/references.bib`` and the chapters' citations link to its entries.
+
 Runs after ``jupyter-book build --all -W --keep-going --path-output _build .``. Skipped when ``_build/html`` or
 Chromium is missing, unless ``DPDDPM_BROWSER_TEST=1`` (set by CI after the build), which turns the skip into a
-failure. Screenshots go to ``_build/ci-screenshots/``.
+failure. ``DPDDPM_BOOK_HTML=<dir>`` points the tests at another build's ``html`` folder (e.g. one built with
+``--path-output /tmp/jb``: ``/tmp/jb/_build/html``). Screenshots go to ``_build/ci-screenshots/``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ PAGES = [("book/intro.html", False), ("book/03_cost_matrix.html", True)]
 
 
 def _html_dir() -> Path | None:
-    for cand in (HTML, ROOT / "_build" / "html"):
+    override = os.environ.get("DPDDPM_BOOK_HTML")
+    candidates = [Path(override)] if override else [HTML, ROOT / "_build" / "html"]
+    for cand in candidates:
         if (cand / "book" / "intro.html").is_file():
             return cand
     return None
@@ -148,11 +156,15 @@ def test_figures_load_in_browser() -> None:
 
 # --- the site over HTTP, as it will be published ---------------------------------------------------------------
 
-CHAPTERS = sorted(
+NOTEBOOKS = sorted(
     p.stem
     for p in (ROOT / "book").glob("*.md")
     if p.read_text(encoding="utf-8").startswith("---") and "jupytext:" in p.read_text(encoding="utf-8")[:2000]
 )
+# The book is what _toc.yml lists (only_build_toc_files: true): the root and every `- file: book/...` entry.
+IN_TOC = set(re.findall(r"^\s*(?:root|-\s*file):\s*book/(\S+)\s*$", (ROOT / "_toc.yml").read_text(), re.M))
+# The chapters checked page by page: the notebooks that the book builds.
+CHAPTERS = [c for c in NOTEBOOKS if c in IN_TOC]
 # A same-origin page that loads PAGE in an iframe and, once loaded and given time for MathJax and the search
 # index, writes what it found into #out (read back with --dump-dom).
 PROBE = (
@@ -168,13 +180,54 @@ PROBE = (
 )
 
 
+# The course probe: in the loaded PAGE, the exercises (admonitions titled "Exercise N.M"), the solution dropdowns
+# (sphinx-design: <details class="sd-dropdown">, content in .sd-summary-content) and the hide-input cells
+# (myst-nb: <details class="hide above-input">, code in .cell_input): how many are open on load and how many are
+# hidden, then, after opening them all, how many are shown. Hidden: the <details> is no taller than its <summary>
+# (its content takes no room on the page) and the content is not visible (checkVisibility; Chromium lays out a
+# closed <details>' content under content-visibility: hidden, so the content's own box has a height even when
+# closed). Shown: the <details> is taller than its summary, and the content is visible with a height.
+# Also the bibliography entries rendered (height > 0) and the links to the bibliography page.
+DETAILS_PROBE = (
+    "<!doctype html><html><body><iframe id=f src='{src}' width=1200 height=900></iframe>"
+    "<div id=out>pending</div><script>"
+    "window.onload = function() {{ setTimeout(function() {{ var d = document.getElementById('f').contentDocument;"
+    " function h(e) {{ return e ? e.getBoundingClientRect().height : -1; }}"
+    " function vis(e) {{ return !!e && (e.checkVisibility ? e.checkVisibility() : h(e) > 0); }}"
+    " function room(x) {{ return h(x) - h(x.querySelector('summary')); }}"
+    " function hidden(x, c) {{ return room(x) < 0.5 && !vis(c); }}"
+    " function shown(x, c) {{ return room(x) > 0 && vis(c) && h(c) > 0; }}"
+    " var sol = Array.from(d.querySelectorAll('details.sd-dropdown'));"
+    " var inp = Array.from(d.querySelectorAll('details.hide.above-input'));"
+    " var sc = function(x) {{ return x.querySelector('.sd-summary-content'); }};"
+    " var ic = function(x) {{ return x.querySelector('.cell_input'); }};"
+    " var ex = Array.from(d.querySelectorAll('.admonition > .admonition-title'))"
+    "   .filter(function(x) {{ return /^Exercise \\d+\\.\\d+/.test(x.textContent.trim()); }}).length;"
+    " var r = 'exercises=' + ex + ' solutions=' + sol.length"
+    "   + ' sol_open=' + sol.filter(function(x) {{ return x.open; }}).length"
+    "   + ' sol_hidden=' + sol.filter(function(x) {{ return hidden(x, sc(x)); }}).length"
+    "   + ' inputs=' + inp.length"
+    "   + ' inp_open=' + inp.filter(function(x) {{ return x.open; }}).length"
+    "   + ' inp_hidden=' + inp.filter(function(x) {{ return hidden(x, ic(x)); }}).length;"
+    " sol.forEach(function(x) {{ x.open = true; }}); inp.forEach(function(x) {{ x.open = true; }});"
+    " r += ' sol_shown=' + sol.filter(function(x) {{ return shown(x, sc(x)); }}).length"
+    "   + ' inp_shown=' + inp.filter(function(x) {{ return shown(x, ic(x)); }}).length"
+    "   + ' bib=' + Array.from(d.querySelectorAll('[role=doc-biblioentry]'))"
+    "     .filter(function(x) {{ return h(x) > 0; }}).length"
+    "   + ' citelinks=' + d.querySelectorAll('a[href*=\"bibliography.html#\"]').length;"
+    " document.getElementById('out').textContent = r;"
+    " }}, 8000); }};</script></body></html>"
+)
+PROBES = {"/__probe__": PROBE, "/__details__": DETAILS_PROBE}
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        if url.path != "/__probe__":
+        if url.path not in PROBES:
             return super().do_GET()
         src = urllib.parse.parse_qs(url.query)["src"][0]
-        body = PROBE.format(src=src).encode()
+        body = PROBES[url.path].format(src=src).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -221,6 +274,13 @@ def test_chapters_listed() -> None:
     assert "intro" in CHAPTERS and len(CHAPTERS) >= 8
 
 
+def test_every_chapter_in_toc() -> None:
+    """A chapter missing from _toc.yml is silently left out of the book (only_build_toc_files: true)."""
+    missing = sorted(set(NOTEBOOKS) - IN_TOC)
+    assert not missing, f"book/{missing[0]}.md is not in _toc.yml, so the book leaves it out: {missing}"
+    assert "bibliography" in IN_TOC
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_over_http(site: str, chapter: str) -> None:
     """Served over HTTP, every chapter has its math typeset without errors and every image loaded."""
@@ -257,3 +317,88 @@ def test_notebook_download_over_http(site: str, chapter: str) -> None:
         nb = json.loads(body)
         assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
         assert any(c["cell_type"] == "code" and c["source"] for c in nb["cells"]), f"{url} has no code"
+
+
+# --- the book as a course: exercises with hidden solutions, and the bibliography ---------------------------------
+
+EXERCISE_CHAPTERS = [c for c in CHAPTERS if c != "intro"]
+MIN_EXERCISES = 3
+EXERCISE_TITLE = re.compile(r'<p class="admonition-title">Exercise (\d+)\.(\d+)')
+DROPDOWN = re.compile(r"<details\b([^>]*\bsd-dropdown\b[^>]*)>")
+HIDE_INPUT = re.compile(r"<details\b([^>]*\bhide above-input\b[^>]*)>")
+BIB = ROOT / "book" / "references.bib"
+
+
+def _probe_details(site: str, src: str) -> dict[str, int]:
+    browser = _chromium()
+    _need(browser is not None, "Chromium is not installed")
+    url = site + "__details__?" + urllib.parse.urlencode({"src": "/" + src})
+    with tempfile.TemporaryDirectory() as profile:
+        dom = _run(browser, ["--virtual-time-budget=30000", "--dump-dom", url], profile).stdout
+    m = re.search(r"<div id=\"out\">([^<]*)</div>", dom)
+    assert m and "=" in m.group(1), f"the probe of {src} did not report: " + dom[-500:]
+    return {k: int(v) for k, v in (item.split("=") for item in m.group(1).split())}
+
+
+def test_course_chapters_listed() -> None:
+    assert {"01_ddpm_elbo", "02_skipping_steps"} <= set(EXERCISE_CHAPTERS)
+
+
+@pytest.mark.parametrize("chapter", EXERCISE_CHAPTERS)
+def test_exercises_in_built_html(chapter: str) -> None:
+    """At least three numbered exercises, each answered by a solution dropdown that is not open by default."""
+    html_dir = _html_dir()
+    _need(html_dir is not None, "the book is not built (no _build/_build/html)")
+    page = (html_dir / "book" / f"{chapter}.html").read_text(encoding="utf-8")
+    titles = EXERCISE_TITLE.findall(page)
+    assert len(titles) >= MIN_EXERCISES, f"{chapter} has {len(titles)} exercises, needs {MIN_EXERCISES}"
+    assert len(set(titles)) == len(titles), f"{chapter}: exercise numbers repeat: {titles}"
+    dropdowns = DROPDOWN.findall(page)
+    assert len(dropdowns) >= len(titles), f"{chapter}: {len(titles)} exercises but {len(dropdowns)} solutions"
+    for attrs in dropdowns + HIDE_INPUT.findall(page):
+        assert not re.search(r"\bopen\b", re.sub(r'class="[^"]*"', "", attrs)), (
+            f"{chapter}: a solution or hidden cell is open on load: <details{attrs}>"
+        )
+
+
+@pytest.mark.parametrize("chapter", EXERCISE_CHAPTERS)
+def test_solutions_hidden_until_opened(site: str, chapter: str) -> None:
+    """In the browser: every solution dropdown and every hide-input cell is closed on load, its content has no
+    height; once opened, the content is laid out (height > 0)."""
+    found = _probe_details(site, f"book/{chapter}.html")
+    assert found["exercises"] >= MIN_EXERCISES, f"{chapter}: {found}"
+    assert found["solutions"] >= found["exercises"], f"{chapter}: {found}"
+    assert found["sol_open"] == 0 and found["sol_hidden"] == found["solutions"], f"{chapter}: {found}"
+    assert found["sol_shown"] == found["solutions"], f"{chapter}: solutions do not open: {found}"
+    assert found["inp_open"] == 0 and found["inp_hidden"] == found["inputs"], f"{chapter}: {found}"
+    assert found["inp_shown"] == found["inputs"], f"{chapter}: hidden cells do not open: {found}"
+
+
+def test_bibliography_over_http(site: str) -> None:
+    """The bibliography page lists every entry of references.bib (``:all:``), rendered in the browser."""
+    status, body = _get(site + "book/bibliography.html")
+    assert status == 200
+    page = body.decode("utf-8")
+    entries = len(re.findall(r"^@\w+\{", BIB.read_text(encoding="utf-8"), re.M))
+    assert page.count('role="doc-biblioentry"') == entries
+    # pybtex's default style sets titles in sentence case, so compare without case
+    for text in (
+        "Watson",
+        "Learning to efficiently sample from diffusion probabilistic models",
+        "Denoising diffusion probabilistic models",
+    ):
+        assert text.lower() in page.lower(), f"{text!r} missing from the bibliography"
+    found = _probe_details(site, "book/bibliography.html")
+    assert found["bib"] == entries, f"{found['bib']} of {entries} entries rendered"
+
+
+@pytest.mark.parametrize("chapter", ["intro", "01_ddpm_elbo", "02_skipping_steps"])
+def test_citations_link_to_bibliography(site: str, chapter: str) -> None:
+    """A chapter's citations are links to entries of the bibliography page, and every such link resolves."""
+    _, body = _get(site + f"book/{chapter}.html")
+    targets = set(re.findall(r'href="bibliography\.html#([^"]+)"', body.decode("utf-8")))
+    assert targets, f"{chapter} cites nothing"
+    _, bib = _get(site + "book/bibliography.html")
+    ids = set(re.findall(r'<div class="citation" id="([^"]+)" role="doc-biblioentry"', bib.decode("utf-8")))
+    assert targets <= ids, f"{chapter} links to missing entries: {sorted(targets - ids)}"
+    assert _probe_details(site, f"book/{chapter}.html")["citelinks"] >= len(targets)
