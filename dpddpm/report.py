@@ -118,24 +118,36 @@ def sample_table(results: dict, *, decimals: int = 2) -> list[str]:
     keys = sorted({k for r in rows for k in r["dp"]["samples"]["ancestral"] if k != "per_seed" and "_stderr" not in k})
     lines = [
         f"Sample quality: {info['n']} samples per seed, {len(info['seeds'])} seeds; mean ± standard error over "
-        "seeds. Ancestral sampling uses each schedule's own variances; DDIM (eta = 0) none.",
+        "seeds. Ancestral sampling uses each schedule's own variances; DDIM (eta = 0) none. The − DP columns "
+        "are paired over seeds (every schedule samples with the same seeds).",
         "",
         "| K | schedule | "
-        + " | ".join(f"ancestral {k}" for k in keys)
+        + " | ".join([f"ancestral {k}" for k in keys] + [f"ancestral {k} − DP" for k in keys])
         + " | "
-        + " | ".join(f"DDIM {k}" for k in keys)
+        + " | ".join([f"DDIM {k}" for k in keys] + [f"DDIM {k} − DP" for k in keys])
         + " |",
-        "|---:|---|" + "---:|" * (2 * len(keys)),
+        "|---:|---|" + "---:|" * (4 * len(keys)),
     ]
+
+    def cells(figures: Mapping | None, suffix: str = "") -> list[str]:
+        """``key + suffix`` ± its standard error for each key, blank where absent; differences signed."""
+        sign = "+" if suffix else ""
+        out = []
+        for k in keys:
+            name = k + suffix
+            present = figures is not None and name in figures
+            value = f"{figures[name]:{sign}.{decimals}f} ± {figures[name + '_stderr']:.{decimals}f}" if present else ""
+            out.append(value)
+        return out
+
     for r in rows:
         for kind, label in SAMPLE_KINDS:
             if kind not in r or "samples" not in r[kind]:
                 continue
             s = r[kind]["samples"]
-            cells = [f"{s['ancestral'][k]:.{decimals}f} ± {s['ancestral'][k + '_stderr']:.{decimals}f}" for k in keys]
-            ddim = s.get("ddim")
-            cells += [f"{ddim[k]:.{decimals}f} ± {ddim[k + '_stderr']:.{decimals}f}" if ddim else "" for k in keys]
-            lines.append(f"| {r['K']} | {label} | " + " | ".join(cells) + " |")
+            row_cells = cells(s["ancestral"]) + cells(s["ancestral"], "_minus_dp")
+            row_cells += cells(s.get("ddim")) + cells(s.get("ddim"), "_minus_dp")
+            lines.append(f"| {r['K']} | {label} | " + " | ".join(row_cells) + " |")
     return lines
 
 

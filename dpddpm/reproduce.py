@@ -319,7 +319,8 @@ def _score_samples(
     """Sample-quality figures of one budget's schedules, in place: ``row[kind]["samples"][sampler]`` holds each
     score's mean over seeds, its standard error over seeds and the per-seed values. Ancestral sampling on every
     schedule (with the model the schedule was chosen for); DDIM (eta = 0, variance-free) on the even, quadratic
-    and DP schedules."""
+    and DP schedules. Every schedule draws its samples with the same seeds, so each score's difference to the
+    DP's (``<score>_minus_dp``) gets a paired standard error over seeds: the seed is the unit."""
     for kind in ("even", "quadratic", "dp", "dp_analytic"):
         if kind not in row:
             continue
@@ -340,6 +341,16 @@ def _score_samples(
                 "per_seed": per_seed,
             }
         row[kind]["samples"] = figures
+    for kind in ("even", "quadratic", "dp_analytic"):
+        if kind not in row:
+            continue
+        for sampler, figures in row[kind]["samples"].items():
+            dp_seeds = row["dp"]["samples"].get(sampler, {}).get("per_seed", {})
+            for key, values in list(figures["per_seed"].items()):
+                if key in dp_seeds:
+                    diff = np.asarray(values) - np.asarray(dp_seeds[key])
+                    figures[f"{key}_minus_dp"] = float(diff.mean())
+                    figures[f"{key}_minus_dp_stderr"] = _seed_stderr(diff)
 
 
 def _seed_stderr(values: Sequence[float]) -> float:

@@ -131,5 +131,10 @@ def test_analytic_variances_and_sample_scores_in_the_pipeline(tmp_path):
     s = row["quadratic"]["samples"]["ddim"]
     assert s["spread"] == pytest.approx(np.mean(s["per_seed"]["spread"]))
     assert s["spread_stderr"] == pytest.approx(np.std(s["per_seed"]["spread"], ddof=1) / np.sqrt(3))
+    diff = np.subtract(s["per_seed"]["spread"], row["dp"]["samples"]["ddim"]["per_seed"]["spread"])
+    assert s["spread_minus_dp"] == pytest.approx(diff.mean())  # paired over seeds: the same seeds for all
+    assert s["spread_minus_dp_stderr"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
+    assert "spread_minus_dp" in row["dp_analytic"]["samples"]["ancestral"]
+    assert "spread_minus_dp" not in row["dp"]["samples"]["ancestral"]
     text = (tmp_path / "results.md").read_text()
     assert "analytic − DP" in text and "ancestral spread" in text and "DDIM spread" in text
