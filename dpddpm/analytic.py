@@ -150,7 +150,8 @@ def analytic_edge_bpd(sched: NoiseSchedule, t: int, s: int | np.ndarray, m_fit: 
     """
     d = snr_gap(sched, t, s)
     m = m_fit if m is None else m
-    return 0.5 * (np.log1p(d * m_fit) + (1.0 + d * m) / (1.0 + d * m_fit) - 1.0) / LN2
+    # (1 + d m) / (1 + d m_fit) - 1 written as d (m - m_fit) / (1 + d m_fit): no 1 + tiny - 1 cancellation
+    return 0.5 * (np.log1p(d * m_fit) + d * (m - m_fit) / (1.0 + d * m_fit)) / LN2
 
 
 def analytic_costs(costs, variances: AnalyticVariances, model: DDPM, data: torch.Tensor, *, batch_size: int = 256):
