@@ -41,10 +41,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .costmatrix import CostMatrix
+from .costs import CostRun, row_generator
+from .files import read_json, write_json
+from .fingerprint import data_fingerprint, model_fingerprint
 from .gaussian import discretized_gaussian_nll, predict_x0, q_sample
-from .model import DDPM
+from .model import DDPM, resolve_device
 from .schedule import NoiseSchedule
 from .terms import LN2
+from .validation import check_data
 
 FORMAT = "dpddpm-analytic-variances"
 
@@ -118,8 +123,6 @@ class AnalyticVariances:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write a JSON file (atomically): the curve, the decoder variance and where they were fitted."""
-        from .files import write_json
-
         doc = {
             "format": FORMAT,
             "T": self.T,
@@ -132,8 +135,6 @@ class AnalyticVariances:
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnalyticVariances:
         """Read a file written by :meth:`save`."""
-        from .files import read_json
-
         doc = read_json(Path(path), "the analytic-variances file")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError(f"{path} is not a dpddpm analytic-variances file; make one with `dpddpm fit-variances`")
@@ -154,7 +155,9 @@ def analytic_edge_bpd(sched: NoiseSchedule, t: int, s: int | np.ndarray, m_fit: 
     return 0.5 * (np.log1p(d * m_fit) + d * (m - m_fit) / (1.0 + d * m_fit)) / LN2
 
 
-def analytic_costs(costs, variances: AnalyticVariances, model: DDPM, data: torch.Tensor, *, batch_size: int = 256):
+def analytic_costs(
+    costs: CostMatrix, variances: AnalyticVariances, model: DDPM, data: torch.Tensor, *, batch_size: int = 256
+) -> CostMatrix:
     """The cost matrix of the analytic-variance model, from a matrix of the model's own variances.
 
     The KL rows need no network call: row t's mean is :func:`analytic_edge_bpd` at the matrix's m_t
@@ -171,9 +174,6 @@ def analytic_costs(costs, variances: AnalyticVariances, model: DDPM, data: torch
     Returns:
         a :class:`~dpddpm.costmatrix.CostMatrix` whose run info says ``variance="analytic"``.
     """
-    from .costmatrix import CostMatrix
-    from .costs import CostRun
-
     costs.require_complete()
     if costs.mse is None or not np.all(np.isfinite(costs.mse[1:])):
         raise ValueError("this cost matrix records no errors of x^_0 (mse): recompute it with this version of dpddpm")
@@ -201,7 +201,7 @@ def analytic_costs(costs, variances: AnalyticVariances, model: DDPM, data: torch
 def fit_analytic_variances(
     model: DDPM,
     data: torch.Tensor,
-    costs,
+    costs: CostMatrix,
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
@@ -216,17 +216,10 @@ def fit_analytic_variances(
         data: (N, *data_shape) in [-1, 1].
         costs: a complete matrix of ``model`` on ``data`` that records ``mse``.
     """
-    from .costs import row_generator
-    from .fingerprint import model_fingerprint
-    from .model import resolve_device
-    from .validation import check_data
-
     costs.require_complete()
     if costs.mse is None or not np.all(np.isfinite(costs.mse[1:])):
         raise ValueError("this cost matrix records no errors of x^_0 (mse): recompute it with this version of dpddpm")
     data = check_data(data, model.data_shape, model.num_bins)
-    from .fingerprint import data_fingerprint
-
     if costs.info.data_fingerprint and data_fingerprint(data, model.num_bins) != costs.info.data_fingerprint:
         raise ValueError("the data are not the images this cost matrix was computed on")
     if costs.info.weights_fingerprint and model_fingerprint(model) != costs.info.weights_fingerprint:
