@@ -174,9 +174,7 @@ def analytic_costs(
     Returns:
         a :class:`~dpddpm.costmatrix.CostMatrix` whose run info says ``variance="analytic"``.
     """
-    costs.require_complete()
-    if costs.mse is None or not np.all(np.isfinite(costs.mse[1:])):
-        raise ValueError("this cost matrix records no errors of x^_0 (mse): recompute it with this version of dpddpm")
+    _require_mse(costs)
     if variances.T != costs.T:
         raise ValueError(f"the variances are for T = {variances.T}, the cost matrix has T = {costs.T}")
     analytic = with_analytic_variances(model, variances)
@@ -195,6 +193,13 @@ def analytic_costs(
     for row in run.finished_rows(progress=False):
         out.set_row(*row)
     return out
+
+
+def _require_mse(costs: CostMatrix) -> None:
+    """Refuse a partial matrix, or one that does not record m_t (hand-built, or from an older version)."""
+    costs.require_complete()
+    if costs.mse is None or not np.all(np.isfinite(costs.mse[1:])):
+        raise ValueError("this cost matrix records no errors of x^_0 (mse): recompute it with this version of dpddpm")
 
 
 # ---------------------------------------------------------------------- fitting
@@ -216,9 +221,7 @@ def fit_analytic_variances(
         data: (N, *data_shape) in [-1, 1].
         costs: a complete matrix of ``model`` on ``data`` that records ``mse``.
     """
-    costs.require_complete()
-    if costs.mse is None or not np.all(np.isfinite(costs.mse[1:])):
-        raise ValueError("this cost matrix records no errors of x^_0 (mse): recompute it with this version of dpddpm")
+    _require_mse(costs)
     data = check_data(data, model.data_shape, model.num_bins)
     if costs.info.data_fingerprint and data_fingerprint(data, model.num_bins) != costs.info.data_fingerprint:
         raise ValueError("the data are not the images this cost matrix was computed on")

@@ -10,10 +10,10 @@ from torch import nn
 
 from .schedule import NoiseSchedule
 from .types import VARIANCE_KINDS, Steps, TimeInput, VarianceKind
+from .validation import check_finite
 
 if TYPE_CHECKING:
     from .analytic import AnalyticVariances
-from .validation import check_finite
 
 
 class DDPM(nn.Module):
