@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+import dpddpm
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -56,6 +58,7 @@ def write(name: str, device: torch.device, result: dict) -> Path:
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
+        "dpddpm_version": dpddpm.__version__,
         **result,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

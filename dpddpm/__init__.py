@@ -1,5 +1,6 @@
 """dpddpm: ELBO-optimal step schedules for pretrained DDPMs by dynamic programming (Watson et al., 2021)."""
 
+from ._version import __version__ as __version__  # set in _version.py only
 from .analytic import AnalyticVariances, analytic_costs, fit_analytic_variances, with_analytic_variances
 from .checkpoint import cost_matrix_resumable
 from .costmatrix import CostMatrix
@@ -27,8 +28,6 @@ from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
 from .strides import ddim_schedule, even_schedule, quadratic_schedule
 from .terms import edge_bpd, prior_bpd
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CostMatrix",

@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from .analytic import AnalyticVariances, analytic_costs, fit_analytic_variances, with_analytic_variances
 from .costmatrix import CostMatrix
 from .costs import cost_matrix
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd
 from .evaluate import ELBOEstimate, elbo, in_sample_elbo
-from .model import DDPM, resolve_device
+from .model import DDPM, model_on, resolve_device
 from .nettimer import NetTimer
 from .report import markdown_table, plot, write_results
 from .sampling import ddim_sample, sample
@@ -142,8 +143,8 @@ def reproduce(
 
     Args:
         model: the DDPM.
-        selection: (N_sel, *data_shape) in [-1, 1]: the data the cost matrix (and so the DP) sees.
-        test: (N_test, *data_shape) in [-1, 1]: held-out data for the fresh ELBOs.
+        selection: ``(N_sel, *data_shape)`` in [-1, 1]: the data the cost matrix (and so the DP) sees.
+        test: ``(N_test, *data_shape)`` in [-1, 1]: held-out data for the fresh ELBOs.
         out_dir: the output folder, also holding the cost matrix as it is computed (``costs.npz``); None: keep
             the matrix in memory and write nothing.
         steps: the budgets K (default powers of two 8..256 up to T).
@@ -167,7 +168,7 @@ def reproduce(
     """
     out_dir = None if out_dir is None else Path(out_dir)
     device = resolve_device(model, device)
-    model = model.to(device)
+    model = model_on(model, device)  # a copy when it must move: the caller's model stays where it is
     T, Ks = model.T, budgets(model.T, steps)
     test_seed = seed + 1
     timing: dict[str, float] = {}
@@ -256,6 +257,7 @@ def reproduce(
     timing["total_ratio"] = timing["total_s"] / whole.seconds if whole.seconds > 0 else float("nan")
 
     results = {
+        "dpddpm_version": __version__,  # the version that made these numbers
         "model": name,
         "T": T,
         "variance": model.variance,

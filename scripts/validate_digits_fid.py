@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import dpddpm
 from dpddpm.digits import classifier_card, digits_labels, digits_split
 from dpddpm.digits.classifier import accuracy
 from dpddpm.files import write_json
@@ -57,6 +58,7 @@ def main() -> None:
     fids, confs = [r["fid"] for r in levels], [r["confidence"] for r in levels]
     conf_sel, conf_test = score.confidence(selection), score.confidence(test)
     result = {
+        "dpddpm_version": dpddpm.__version__,
         "what": "FID (squared feature units, the bundled digits classifier's 32 penultimate features) and mean max "
         "softmax confidence; reference: the test split (300 images); sample sets: 300 images",
         "classifier": {
