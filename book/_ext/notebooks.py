@@ -39,8 +39,9 @@ def to_notebook(source: Path, docname: str):
     nb.metadata.setdefault("language_info", {"name": "python"})
     note = nbformat.v4.new_markdown_cell(
         f"*Generated from `{docname}.md`, a chapter of the dpddpm book; edit that file, not this one. "
-        "Run it top to bottom in a Jupyter kernel where `dpddpm` is installed "
-        "(`pip install -e .` in a checkout of the repository).*"
+        "Run it top to bottom in a Jupyter kernel where `dpddpm` is installed: from the release's wheel, "
+        "`pip install torch==2.13.0 dpddpm-0.2.0-py3-none-any.whl` (in a notebook: `%pip install ...`, then "
+        "restart the kernel), or `pip install -e .` in a checkout of the repository.*"
     )
     note.metadata["tags"] = ["dpddpm-generated"]
     nb.cells.insert(0, note)
