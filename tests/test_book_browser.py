@@ -10,15 +10,22 @@ dropdown (a ``<details>`` element) that is closed when the page loads, its conte
 opened, and every ``hide-input`` cell (a reference solution's check) is collapsed the same way; the bibliography
 page lists every entry of ``book/references.bib`` and the chapters' citations link to its entries.
 
+Pages that fit: every page of the book, loaded in a 1280 x 800 window (a laptop's), has no display equation
+(``mjx-container[display]``), code block (``div.highlight pre``) or cell output wider than the content column
+(``scrollWidth > clientWidth`` + 1 px, solutions and hidden cells opened); a failure lists each such element with
+its page, section and text. ``book/_static/dpddpm.css`` widens the column to about 95 characters of code.
+
 Runs after ``jupyter-book build --all -W --keep-going --path-output _build .``. Skipped when ``_build/html`` or
 Chromium is missing, unless ``DPDDPM_BROWSER_TEST=1`` (set by CI after the build), which turns the skip into a
 failure. ``DPDDPM_BOOK_HTML=<dir>`` points the tests at another build's ``html`` folder (e.g. one built with
-``--path-output /tmp/jb``: ``/tmp/jb/_build/html``). Screenshots go to ``_build/ci-screenshots/``.
+``--path-output /tmp/jb``: ``/tmp/jb/_build/html``). Screenshots go to ``_build/ci-screenshots/`` (for another
+build, to ``ci-screenshots/`` beside its ``_build``: ``/tmp/jb/ci-screenshots/``).
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import json
 import os
@@ -114,8 +121,10 @@ def test_page_renders_offline(page: str, has_figures: bool) -> None:
             for src in figures:
                 if not src.startswith("data:"):
                     assert (path.parent / src).resolve().is_file(), f"figure {src} of {page} is missing"
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shot = SHOTS / (Path(page).stem + ".png")
+        # another build's screenshots go next to its own _build folder, not into the checkout
+        shots = SHOTS if html_dir in (HTML, ROOT / "_build" / "html") else html_dir.parent.parent / "ci-screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        shot = shots / (Path(page).stem + ".png")
         _run(browser, ["--virtual-time-budget=15000", "--window-size=1280,2000", f"--screenshot={shot}", url], profile)
         assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page}"
 
@@ -218,7 +227,46 @@ DETAILS_PROBE = (
     " document.getElementById('out').textContent = r;"
     " }}, 8000); }};</script></body></html>"
 )
-PROBES = {"/__probe__": PROBE, "/__details__": DETAILS_PROBE}
+# The fit probe: PAGE in a 1280 x 800 frame (a laptop window). Once MathJax has typeset the page and the fonts are
+# loaded, every <details> is opened (solutions and hidden cells are checked at the width they open to), and each
+# display equation (mjx-container[display]), code block or literal block (div.highlight pre) and cell output
+# (div.cell_output > *) in the article whose content is wider than its box (scrollWidth > clientWidth + 1 px: it
+# scrolls or is cut off) is reported with its section and the start of its text (of a code block: its longest
+# line and that line's length). Also reported: how many characters of code one line of the page's first code block
+# outside a <details> or admonition holds.
+FIT_PROBE = (
+    "<!doctype html><html><body style='margin:0'>"
+    "<iframe id=f src='{src}' width=1280 height=800 style='border:0'></iframe>"
+    "<pre id=out>pending</pre><script>"
+    "window.onload = function() {{ var f = document.getElementById('f'), w = f.contentWindow, d = f.contentDocument;"
+    " var done = false;"
+    " function measure() {{ if (done) {{ return; }} done = true;"
+    "  d.querySelectorAll('details').forEach(function(x) {{ x.open = true; }});"
+    "  setTimeout(function() {{ var art = d.querySelector('article.bd-article') || d.body; var bad = [];"
+    "   ['mjx-container[display]', 'div.highlight pre', 'div.cell_output > *'].forEach(function(sel) {{"
+    "    art.querySelectorAll(sel).forEach(function(e) {{ if (e.scrollWidth > e.clientWidth + 1) {{"
+    "     var sec = e.parentElement.closest('section[id]'), t = e.textContent || '';"
+    "     if (e.tagName == 'PRE') {{"
+    "      t = t.split('\\n').reduce(function(a, b) {{ return b.length > a.length ? b : a; }});"
+    "      t = '(' + t.length + ' characters) ' + t; }}"
+    "     bad.push({{element: sel, section: sec ? sec.id : '', content: e.scrollWidth, box: e.clientWidth,"
+    "      text: t.replace(/\\s+/g, ' ').trim().slice(0, 110)}}); }} }}); }});"
+    "   var chars = 0, pre = Array.from(art.querySelectorAll('div.highlight pre'))"
+    "    .filter(function(e) {{ return !e.closest('details, .admonition'); }})[0];"
+    "   if (pre) {{ var cs = w.getComputedStyle(pre), probe = d.createElement('span');"
+    "    probe.textContent = 'x'.repeat(100); pre.appendChild(probe);"
+    "    var inner = pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);"
+    "    chars = inner / (probe.getBoundingClientRect().width / 100); probe.remove(); }}"
+    "   document.getElementById('out').textContent = 'FIT' + JSON.stringify({{width: w.innerWidth,"
+    "    math: art.querySelectorAll('mjx-container[display]').length,"
+    "    code: art.querySelectorAll('div.highlight pre').length, code_chars: chars, overflow: bad}});"
+    "  }}, 500); }}"
+    " var mj = w.MathJax && w.MathJax.startup && w.MathJax.startup.promise;"
+    " Promise.all([mj || Promise.resolve(), d.fonts ? d.fonts.ready : Promise.resolve()])"
+    "  .then(function() {{ setTimeout(measure, 2000); }}, measure);"
+    " setTimeout(measure, 20000); }};</script></body></html>"
+)
+PROBES = {"/__probe__": PROBE, "/__details__": DETAILS_PROBE, "/__fit__": FIT_PROBE}
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -402,3 +450,45 @@ def test_citations_link_to_bibliography(site: str, chapter: str) -> None:
     ids = set(re.findall(r'<div class="citation" id="([^"]+)" role="doc-biblioentry"', bib.decode("utf-8")))
     assert targets <= ids, f"{chapter} links to missing entries: {sorted(targets - ids)}"
     assert _probe_details(site, f"book/{chapter}.html")["citelinks"] >= len(targets)
+
+
+# --- pages that fit a laptop window --------------------------------------------------------------------------------
+
+# Every page of the book (_toc.yml), the chapters and the reference pages alike.
+FIT_PAGES = sorted(IN_TOC)
+# book/_static/dpddpm.css widens the content column: one line of a code block holds about 95 characters at a
+# 1280-pixel window (77 with the theme's defaults).
+MIN_CODE_CHARS = 90
+
+
+def _probe_fit(site: str, src: str) -> dict:
+    browser = _chromium()
+    _need(browser is not None, "Chromium is not installed")
+    url = site + "__fit__?" + urllib.parse.urlencode({"src": "/" + src})
+    with tempfile.TemporaryDirectory() as profile:
+        args = ["--window-size=1300,900", "--virtual-time-budget=40000", "--dump-dom", url]
+        dom = _run(browser, args, profile).stdout
+    m = re.search(r"FIT(\{.*\})</pre>", dom, re.S)
+    assert m, f"the fit probe of {src} did not report: " + dom[-500:]
+    return json.loads(html.unescape(m.group(1)))
+
+
+def test_fit_pages_listed() -> None:
+    assert {"intro", "api_reference", "bibliography"} <= set(FIT_PAGES) and len(FIT_PAGES) >= 11
+
+
+@pytest.mark.parametrize("page", FIT_PAGES)
+def test_page_fits_1280(site: str, page: str) -> None:
+    """At a 1280 x 800 window no display equation, code block or cell output is wider than the content column
+    (each would scroll sideways or be cut off), solutions and hidden cells opened; the failure lists each one."""
+    status, _ = _get(site + f"book/{page}.html")
+    assert status == 200
+    found = _probe_fit(site, f"book/{page}.html")
+    assert found["width"] == 1280, found
+    lines = [
+        f"{o['element']} in #{o['section']}: {o['content']} px of content in a {o['box']} px box: {o['text']!r}"
+        for o in found["overflow"]
+    ]
+    assert not lines, f"book/{page}.html: {len(lines)} elements overflow at 1280 px:\n" + "\n".join(lines)
+    if found["code"]:
+        assert found["code_chars"] >= MIN_CODE_CHARS, f"{page}: a code line holds {found['code_chars']:.1f} characters"
