@@ -1,8 +1,8 @@
 """Exact ELBO-optimal schedules for every budget K by dynamic programming over the cost matrix.
 
-    D_2[t] = L(t, 1) + decoder[t]
-    D_k[t] = min_{1 < s < t} L(t, s) + D_{k-1}[s]
-The best K-step schedule starting at T costs prior[T] + D_K[T]; with a free start, min_t prior[t] + D_K[t].
+    F_2[t] = L(t, 1) + decoder[t]
+    F_k[t] = min_{1 < s < t} L(t, s) + F_{k-1}[s]
+The best K-step schedule starting at T costs prior[T] + F_K[T]; with a free start, min_t prior[t] + F_K[t].
 One pass up to K_max keeps arg-min back-pointers for every k, so every K <= K_max is read off at the end.
 Each step is a batch of row-wise min-reductions over the lower triangle, O(K_max T^2) in all.
 """
@@ -26,7 +26,7 @@ class OptimalSchedules:
     """The result of :func:`optimal_schedules`: the best schedule and its in-sample ELBO for each K.
 
     Attributes:
-        values: float64 (K_max + 1, T + 1); ``values[k, t]`` = D_k[t], the best cost of k steps from t down to
+        values: float64 (K_max + 1, T + 1); ``values[k, t]`` = F_k[t], the best cost of k steps from t down to
             data, excluding the prior (inf where impossible).
         pointers: int16/int32 (K_max + 1, T + 1); the next kept time below t on that best path.
         prior: float64 (T + 1,), prior[t].
@@ -73,7 +73,7 @@ class OptimalSchedules:
         return np.asarray(path, dtype=np.int64)
 
     def bpd(self, K: int) -> float:
-        """In-sample ELBO (bits/dim) of the optimal K-step schedule: prior + D_K at its start."""
+        """In-sample ELBO (bits/dim) of the optimal K-step schedule: prior + F_K at its start."""
         K = self._check(K)
         t = self.start_time(K)
         return float(self.prior[t] + self.values[K, t])
@@ -152,7 +152,7 @@ def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray) -> Non
     rows = np.arange(ROW_BLOCK)
     for k in range(3, K_max + 1):
         prev = values[k - 1]
-        # D_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k.
+        # F_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k.
         for a in range(k, T + 1, ROW_BLOCK):
             b = min(a + ROW_BLOCK, T + 1)
             cand = buf[: b - a, : b - k + 1]

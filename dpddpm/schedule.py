@@ -73,7 +73,7 @@ class NoiseSchedule:
 
     @property
     def betas(self) -> np.ndarray:
-        """Per-step betas, shape (T,): ``betas[i]`` belongs to t = i + 1."""
+        """Per-step betas, shape (T,); ``betas[i]`` belongs to t = i + 1."""
         return 1.0 - self.alpha_bar[1:] / self.alpha_bar[:-1]
 
     def jump(self, t: int | np.ndarray, s: int | np.ndarray) -> Jump:

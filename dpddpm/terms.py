@@ -89,7 +89,9 @@ def edge_bpd(
 
     Args:
         t, s: the jump t -> s with 1 <= s < t <= T, or t = 1, s = 0 for the decoder -log p(x_0 | x_1).
-        x0: data, shape (B, ...). x_t: the noisy point, same shape. eps, v: the network's outputs at x_t.
+        x0: data, shape (B, ...).
+        x_t: the noisy point, same shape.
+        eps, v: the network's outputs at x_t.
         t_above: for the decoder, the next kept time u above 1 (default 2, the full chain).
         analytic: the frozen variances of an ``"analytic"`` model.
     Returns:

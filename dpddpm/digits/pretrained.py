@@ -17,6 +17,7 @@ from ..schedule import NoiseSchedule
 from .data import DATA_SHAPE
 from .net import DigitsNet
 
+#: The names of the bundled models, for :func:`load_pretrained` and :func:`model_card`.
 PRETRAINED = ("digits-simple", "digits-hybrid")
 REINSTALL = "the installation is broken: reinstall dpddpm (in a checkout: pip install -e .)"
 
