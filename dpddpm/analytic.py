@@ -46,10 +46,14 @@ from .costs import CostRun, row_generator
 from .files import read_json, write_json
 from .fingerprint import data_fingerprint, model_fingerprint
 from .gaussian import discretized_gaussian_nll, predict_x0, q_sample
-from .model import DDPM, resolve_device
+from .model import DDPM, model_on, resolve_device
 from .schedule import NoiseSchedule
 from .terms import LN2
-from .validation import check_data
+from .validation import check_batch_size, check_data, check_int
+
+#: the decoder's log variance must lie in this range (a standard deviation from 1e-13 to 2.7 data units, the data
+#: spanning [-1, 1]); the fit searches [log(1e-3 bin^2), log 4]
+DECODER_LOG_VARIANCE_RANGE = (-60.0, 2.0)
 
 FORMAT = "dpddpm-analytic-variances"
 
@@ -93,8 +97,14 @@ class AnalyticVariances:
         mse[0] = np.nan
         if not np.all(np.isfinite(mse[1:])) or np.any(mse[1:] < 0):
             raise ValueError("mse must be finite and >= 0 for every 1 <= t <= T")
-        if not math.isfinite(float(self.decoder_log_variance)):
-            raise ValueError(f"decoder_log_variance must be finite, got {self.decoder_log_variance}")
+        dlv = self.decoder_log_variance
+        if isinstance(dlv, bool) or not isinstance(dlv, (int, float, np.floating, np.integer)):
+            raise TypeError(f"decoder_log_variance must be a number, got {dlv!r}")
+        low, high = DECODER_LOG_VARIANCE_RANGE
+        if not math.isfinite(float(dlv)) or not low <= float(dlv) <= high:
+            raise ValueError(f"decoder_log_variance must be finite and lie in [{low}, {high}], got {dlv}")
+        if not isinstance(self.info, dict):
+            raise TypeError(f"info must be a dict, got {type(self.info).__name__}")
         mse.setflags(write=False)
         object.__setattr__(self, "mse", mse)
         object.__setattr__(self, "decoder_log_variance", float(self.decoder_log_variance))
@@ -134,12 +144,47 @@ class AnalyticVariances:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnalyticVariances:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`, checking the type and range of every field.
+
+        The file must record the weights fingerprint of the model it was fitted for (every file that
+        :func:`fit_analytic_variances` writes does), so that it is never applied to another model unchecked.
+
+        Raises:
+            ValueError: not such a file, or a field missing, of the wrong type or out of range (names the file).
+        """
         doc = read_json(Path(path), "the analytic-variances file")
+        fix = "make it again with `dpddpm fit-variances`"
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dpddpm analytic-variances file; make one with `dpddpm fit-variances`")
-        mse = np.array([np.nan if m is None else m for m in doc["mse"]], dtype=np.float64)
-        return cls(mse=mse, decoder_log_variance=doc["decoder_log_variance"], info=dict(doc.get("info") or {}))
+            raise ValueError(f"{path} is not a dpddpm analytic-variances file; {fix}")
+        try:
+            return cls(**_fields(doc))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the analytic-variances file {path} is damaged: {exc}; {fix}") from None
+
+
+def _fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments from a variances file's JSON object, each checked for its type."""
+    T = check_int(doc.get("T"), "T", low=2, high=2**20)
+    mse = doc.get("mse")
+    if not isinstance(mse, list) or len(mse) != T + 1:
+        raise ValueError(f"'mse' must be a list of T + 1 = {T + 1} entries (null, then m_1 .. m_T)")
+    values = mse[1:]
+    if mse[0] is not None or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in values):
+        raise ValueError("'mse' must be null followed by T numbers")
+    if "decoder_log_variance" not in doc:
+        raise ValueError("no 'decoder_log_variance'")
+    info = doc.get("info")
+    if not isinstance(info, dict):
+        raise ValueError("'info' must be an object recording where the variances were fitted")
+    if not isinstance(info.get("weights_fingerprint"), str):
+        raise ValueError("'info' records no weights_fingerprint, so the model they belong to cannot be checked")
+    if info.get("T", T) != T:
+        raise ValueError(f"'info' records T = {info.get('T')!r} but the curve has T = {T}")
+    return {
+        "mse": np.array([np.nan, *values], dtype=np.float64),
+        "decoder_log_variance": doc["decoder_log_variance"],
+        "info": info,
+    }
 
 
 # ---------------------------------------------------------------------- the cost matrix
@@ -170,18 +215,20 @@ def analytic_costs(
         costs: a complete matrix computed by ``model`` on ``data`` (it must record ``mse``).
         variances: the frozen variances (fitted on the same data, or on another split).
         model: the model with its own variances (the one that made ``costs``).
-        data: (N, *data_shape), the images ``costs`` was computed on.
+        data: ``(N, *data_shape)``, the images ``costs`` was computed on.
     Returns:
         a :class:`~dpddpm.costmatrix.CostMatrix` whose run info says ``variance="analytic"``.
     """
+    _check_types(costs, variances, model)
     _require_mse(costs)
     if variances.T != costs.T:
         raise ValueError(f"the variances are for T = {variances.T}, the cost matrix has T = {costs.T}")
+    _check_same_model(costs, model)
     analytic = with_analytic_variances(model, variances)
     run = CostRun(analytic, data, rows=[1], batch_size=batch_size, seed=int(costs.info.seed or 0))
     if costs.info.data_fingerprint and run.info.data_fingerprint != costs.info.data_fingerprint:
         raise ValueError("the data are not the images this cost matrix was computed on")
-    out = CostMatrix.empty(costs.prior, costs.prior_stderr, run.info)
+    out = CostMatrix.empty(costs.prior, costs.prior_stderr, run.info, image_hashes=run.image_hashes)
     sched = model.schedule
     for t in range(2, costs.T + 1):
         s = np.arange(1, t)
@@ -193,6 +240,30 @@ def analytic_costs(
     for row in run.finished_rows(progress=False):
         out.set_row(*row)
     return out
+
+
+def _check_types(costs: Any, variances: Any, model: Any) -> None:
+    """TypeErrors for arguments of the wrong kind, before anything else is checked."""
+    for value, kind, name in ((costs, CostMatrix, "costs"), (variances, AnalyticVariances, "variances")):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a dpddpm.{kind.__name__}, got {type(value).__name__}")
+    if not isinstance(model, DDPM):
+        raise TypeError(f"model must be a dpddpm.DDPM, got {type(model).__name__}")
+
+
+def _check_same_model(costs: CostMatrix, model: DDPM) -> None:
+    """Refuse a matrix that records another model's weights or settings."""
+    if model.variance == "analytic":
+        raise ValueError("pass the model with its own variances (the one that computed the cost matrix)")
+    if costs.info.weights_fingerprint and model_fingerprint(model) != costs.info.weights_fingerprint:
+        raise ValueError(
+            "the cost matrix was computed by another model (its weights fingerprint differs); pass the model "
+            "that computed it"
+        )
+    ours = {"variance": model.variance, "num_bins": model.num_bins, "clip_denoised": model.clip_denoised}
+    wrong = [k for k, v in ours.items() if getattr(costs.info, k) is not None and getattr(costs.info, k) != v]
+    if wrong:
+        raise ValueError(f"the cost matrix was computed with other settings ({', '.join(wrong)} differ)")
 
 
 def _require_mse(costs: CostMatrix) -> None:
@@ -218,17 +289,20 @@ def fit_analytic_variances(
 
     Args:
         model: the model with its own variances, which computed ``costs`` on ``data``.
-        data: (N, *data_shape) in [-1, 1].
+        data: ``(N, *data_shape)`` in [-1, 1].
         costs: a complete matrix of ``model`` on ``data`` that records ``mse``.
     """
+    if not isinstance(costs, CostMatrix):
+        raise TypeError(f"costs must be a dpddpm.CostMatrix, got {type(costs).__name__}")
+    device = resolve_device(model, device)  # also checks that model is a DDPM
+    batch_size = check_batch_size(batch_size)
     _require_mse(costs)
     data = check_data(data, model.data_shape, model.num_bins)
     if costs.info.data_fingerprint and data_fingerprint(data, model.num_bins) != costs.info.data_fingerprint:
         raise ValueError("the data are not the images this cost matrix was computed on")
-    if costs.info.weights_fingerprint and model_fingerprint(model) != costs.info.weights_fingerprint:
-        raise ValueError("the cost matrix was computed by another model (its weights fingerprint differs)")
-    device = resolve_device(model, device)
-    model = model.to(device)
+    _check_same_model(costs, model)
+    weights = model_fingerprint(model)  # recorded, so the variances are never applied to another model
+    model = model_on(model, device)
     x0 = data.to(device=device, dtype=torch.float64).reshape(data.shape[0], -1)
     noise = torch.randn(
         x0.shape, generator=row_generator(int(costs.info.seed or 0), 1, device), device=device, dtype=torch.float64
@@ -246,7 +320,7 @@ def fit_analytic_variances(
         "T": costs.T,
         "N": int(data.shape[0]),
         "data_fingerprint": costs.info.data_fingerprint,
-        "weights_fingerprint": costs.info.weights_fingerprint,
+        "weights_fingerprint": weights,
         "seed": costs.info.seed,
         "model_variance": model.variance,
     }
@@ -292,8 +366,17 @@ def with_analytic_variances(model: DDPM, variances: AnalyticVariances) -> DDPM:
     The network is shared, not copied. ``elbo``, ``sample``, ``cost_matrix``, ``in_sample_elbo`` and the CLI
     accept the result like any model; its weights fingerprint includes the variances' fingerprint.
     """
+    if not isinstance(model, DDPM) or not isinstance(variances, AnalyticVariances):
+        raise TypeError("with_analytic_variances takes a dpddpm.DDPM and dpddpm.AnalyticVariances")
     if variances.T != model.T:
         raise ValueError(f"the variances are for T = {variances.T}, the model has T = {model.T}")
+    if model.variance == "analytic":
+        raise ValueError("the model already has analytic variances; pass the model with its own variances")
+    fitted_for = variances.info.get("weights_fingerprint")
+    if fitted_for is not None and fitted_for != model_fingerprint(model):
+        raise ValueError(
+            "the variances were fitted for another model (their weights fingerprint differs from this model's)"
+        )
     return DDPM(
         model.net,
         model.schedule,

@@ -22,9 +22,10 @@ import torch
 
 from .costmatrix import CostMatrix
 from .costs import CostRun
-from .files import claim_output, npz_path, sigterm_raises
+from .files import claim_output, npz_path, signals_ignored, sigterm_raises
 from .model import DDPM
 from .runinfo import RUN_FIELDS, RunInfo
+from .validation import check_seconds
 
 
 def cost_matrix_resumable(
@@ -50,6 +51,7 @@ def cost_matrix_resumable(
         ValueError: ``path`` holds another run's rows (other data, weights, seed, settings).
     """
     run = CostRun(model, data, **options)  # checks the inputs before anything touches the file
+    save_every = check_seconds(save_every, "save_every")
     path = npz_path(path)
     if path.is_dir():
         raise IsADirectoryError(f"the output {path} is a folder; give a file name, e.g. {path / 'costs.npz'}")
@@ -67,10 +69,24 @@ def cost_matrix_resumable(
                 saver.maybe_save(costs)
         except BaseException:  # an interruption (Ctrl-C, SIGTERM, error): keep every finished row, then re-raise
             if costs.counts[1:].any():
-                costs.save(path)
+                with signals_ignored():  # a second Ctrl-C or SIGTERM must not abort this save
+                    save_checkpoint(costs, path)
             raise
-        costs.save(path)
+        save_checkpoint(costs, path)
     return costs
+
+
+def save_checkpoint(costs: CostMatrix, path: Path) -> None:
+    """``costs.save(path)``; an error of the file system (a full disk) names the file and how to go on."""
+    try:
+        costs.save(path)
+    except OSError as exc:
+        kept = "its rows up to the last save are kept there" if path.exists() else "no rows were saved yet"
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror or exc} while saving the cost matrix ({kept}); fix that, then continue with --resume",
+            str(path),
+        ) from None
 
 
 class _Saver:
@@ -81,7 +97,7 @@ class _Saver:
 
     def maybe_save(self, costs: CostMatrix) -> None:
         if time.monotonic() - self.last >= self.every:
-            costs.save(self.path)
+            save_checkpoint(costs, self.path)
             self.last = time.monotonic()
 
 

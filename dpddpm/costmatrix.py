@@ -11,13 +11,15 @@ Indexing is by 1-based time. For a model with T steps:
                     analytic variances of :mod:`dpddpm.analytic` are made from them
     info          = the :class:`~dpddpm.runinfo.RunInfo` of the run: model settings, data and weight
                     fingerprints, seed (all None for a hand-built matrix)
+    image_hashes  = uint64 (N,): one hash per data point (None in hand-built matrices and older files), so that
+                    a merge of data shards can refuse shards that share an image
 All values are float64 bits/dim. Entries outside the valid ranges are set to NaN by the constructor, whatever
 was passed in, so a hand-built matrix can never offer the optimizer an edge s >= t.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import types
 from collections.abc import Mapping, Sequence
@@ -26,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_write, npz_path
+from .files import atomic_write, npz_arrays, npz_path, parse_json
 from .runinfo import RunInfo
+from .validation import check_int
 
 FORMAT_VERSION = 2  # 2: only the computed rows' entries are stored; 1: full (T+1, T+1) matrices
 
@@ -41,10 +44,10 @@ def _pack(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _unpack(packed: np.ndarray, rows: np.ndarray, T: int) -> np.ndarray:
     """Inverse of :func:`_pack`: a (T+1, T+1) matrix, NaN outside the given rows."""
-    out = np.full((T + 1, T + 1), np.nan)
     lengths = np.asarray(rows, dtype=np.int64) - 1
-    if lengths.sum() != packed.size:
+    if packed.ndim != 1 or lengths.sum() != packed.size:
         raise ValueError(f"packed rows hold {packed.size} values, expected {int(lengths.sum())}")
+    out = np.full((T + 1, T + 1), np.nan)
     for t, chunk in zip(rows, np.split(packed, np.cumsum(lengths)[:-1])):
         out[t, 1:t] = chunk
     return out
@@ -61,12 +64,15 @@ class CostMatrix:
     """ELBO edge costs of one model on one data set (see the module docstring for the layout).
 
     Args:
-        kl, decoder, prior: (T+1, T+1), (T+1,), (T+1,) means; copied to float64.
+        kl: (T+1, T+1) means of the edges, ``kl[t, s]`` = L(t, s); copied to float64.
+        decoder: (T+1,) means of the decoder term, ``decoder[u]`` for the next kept time u above 1.
+        prior: (T+1,) means of the prior term, ``prior[t]`` for a chain that starts at t.
         stderr, decoder_stderr, prior_stderr: their standard errors, or None.
         counts: (T+1,) samples per row; None for a hand-built matrix (every row then counts as computed).
         mse, mse_stderr: (T+1,) error of x^_0 per row and its standard error, or None.
         info: what the matrix was computed from; its T must be None or match kl.
         meta: the same as a plain dict (:meth:`RunInfo.from_dict`), e.g. ``dict(costs.meta, seed=1)``.
+        image_hashes: uint64 (N,), one hash per data point (:func:`dpddpm.fingerprint.image_hashes`), or None.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class CostMatrix:
         *,
         info: RunInfo | None = None,
         meta: Mapping[str, Any] | None = None,
+        image_hashes: np.ndarray | None = None,
     ) -> None:
         if info is not None and meta is not None:
             raise TypeError("pass the run's info or its meta dict, not both")
@@ -97,14 +104,15 @@ class CostMatrix:
         self.mse_stderr = None if mse_stderr is None else _vector(mse_stderr, "mse_stderr", n, 1)
         if counts is None:
             counts = np.r_[0, np.full(n - 1, -1)]  # -1: unknown, treated as computed
-        self.counts = np.array(counts, dtype=np.int64)
-        if self.counts.shape != (n,):
-            raise ValueError(f"counts must have shape {(n,)}, got {self.counts.shape}")
+        self.counts = _counts(counts, n)
         self.info = info if info is not None else RunInfo.from_dict(meta or {})
+        self.image_hashes = None if image_hashes is None else _hashes(image_hashes, self.info.N)
         self._validate_values()
 
     @classmethod
-    def empty(cls, prior: np.ndarray, prior_stderr: np.ndarray, info: RunInfo) -> CostMatrix:
+    def empty(
+        cls, prior: np.ndarray, prior_stderr: np.ndarray, info: RunInfo, image_hashes: np.ndarray | None = None
+    ) -> CostMatrix:
         """A matrix with no row computed yet (NaN everywhere, counts 0) for the (T+1,) prior of its data."""
         n = len(prior)
         return cls(
@@ -118,6 +126,7 @@ class CostMatrix:
             mse=np.full(n, np.nan),
             mse_stderr=np.full(n, np.nan),
             info=info,
+            image_hashes=image_hashes,
         )
 
     def _validate_values(self) -> None:
@@ -164,7 +173,7 @@ class CostMatrix:
 
     @property
     def rows_done(self) -> np.ndarray:
-        """Boolean (T+1,): which rows are computed (row 1 is the decoder row)."""
+        """Which rows are computed, a boolean array of shape (T+1,) (row 1 is the decoder row)."""
         done = self.counts != 0
         done[0] = False
         return done
@@ -246,10 +255,11 @@ class CostMatrix:
         }
         if self.stderr is not None:
             arrays["stderr_packed"] = _pack(self.stderr, rows)
-        for name in ("decoder_stderr", "prior_stderr", "mse", "mse_stderr"):
+        for name in ("decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        meta = np.array(self.info.to_json(format_version=FORMAT_VERSION))
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        meta = np.array(self.info.to_json(format_version=FORMAT_VERSION, checksum=_checksum(arrays)))
         return atomic_write(npz_path(path), lambda fh: np.savez(fh, meta=meta, **arrays))
 
     @classmethod
@@ -258,26 +268,22 @@ class CostMatrix:
 
         Args:
             expect: run info that must match (e.g. ``{"T": 4000, "variance": "learned_range"}``).
+        Every array and every meta field is checked for its type, shape and range (a file that fails names itself
+        in a ValueError); an array whose header declares more data than the file holds is refused unread.
         """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no cost-matrix file at {path}")
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; expected a cost-matrix .npz file")
-        with open(path, "rb") as fh:  # refuse non-zip files before numpy suggests unpickling them
-            if fh.read(4) != b"PK\x03\x04":
-                raise ValueError(
-                    f"{path} is not a dpddpm cost-matrix file (not an .npz archive); recompute it with `dpddpm costs`"
-                )
         try:
             arrays, info = _read(path)
-        except (OSError, ValueError, TypeError, KeyError, EOFError) as exc:  # zip, format or JSON errors
+            costs = cls(info=info, **arrays)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).strip() or type(exc).__name__
             raise ValueError(
-                f"{path} is not a readable dpddpm cost-matrix file ({exc}); recompute it with `dpddpm costs`"
+                f"{path} is not a readable dpddpm cost-matrix file ({reason}); recompute it with `dpddpm costs`"
             ) from None
-        if "kl" not in arrays:
-            raise ValueError(f"{path} is not a dpddpm cost-matrix file (no 'kl' array)")
-        costs = cls(info=info, **arrays)
         if expect:
             costs.check_meta(expect, source=str(path))
         return costs
@@ -303,18 +309,103 @@ class CostMatrix:
         return f"CostMatrix(T={self.T}, {state}, meta={dict(self.meta)})"
 
 
+#: the arrays of each file format: (required, optional)
+_ARRAYS = {
+    1: (
+        {"meta", "kl", "decoder", "prior"},
+        {"stderr", "decoder_stderr", "prior_stderr", "counts", "mse", "mse_stderr"},
+    ),
+    2: (
+        {"meta", "rows", "kl_packed", "decoder", "prior", "counts"},
+        {"stderr_packed", "decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"},
+    ),
+}
+_ARRAYS[1][1].add("image_hashes")
+#: the largest T a file may declare (a (T+1, T+1) float64 matrix of T = 2**15 takes 8 GiB)
+MAX_T = 2**15
+
+
 def _read(path: Path) -> tuple[dict[str, np.ndarray], RunInfo]:
-    """The constructor's arrays and the run info of a file of format 1 or 2."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(str(arrays.pop("meta")))
-    if meta.pop("format_version", 1) >= 2:
-        T = int(meta["T"])
+    """The constructor's arrays and the run info of a file of format 1 or 2, each checked for type and shape."""
+    arrays = npz_arrays(path)
+    if "meta" not in arrays:
+        raise ValueError("no 'meta' entry")
+    meta_array = arrays.pop("meta")
+    if meta_array.shape != () or meta_array.dtype.kind != "U":
+        raise ValueError("its 'meta' entry is not a JSON string")
+    meta = parse_json(str(meta_array))
+    if not isinstance(meta, dict):
+        raise ValueError("its 'meta' entry is not a JSON object")
+    version = meta.pop("format_version", 1)
+    if isinstance(version, bool) or version not in _ARRAYS:
+        raise ValueError(f"unknown format_version {version!r} (this dpddpm reads 1 and 2; a newer one wrote it?)")
+    required, optional = _ARRAYS[version]
+    missing, extra = sorted(required - {"meta"} - set(arrays)), sorted(set(arrays) - required - optional)
+    if missing or extra:
+        raise ValueError(
+            ("missing arrays " + ", ".join(map(repr, missing)) if missing else "")
+            + ("; " if missing and extra else "")
+            + ("unknown arrays " + ", ".join(map(repr, extra)) if extra else "")
+        )
+    checksum = meta.pop("checksum", None)  # files from before checksums were recorded have none
+    if checksum is not None and checksum != _checksum(arrays):
+        raise ValueError("its arrays do not match the checksum it was saved with: the file is damaged")
+    for name, arr in arrays.items():  # costs are floats, counts and rows integers, hashes uint64: nothing cast
+        kinds = {"counts": "iu", "rows": "iu", "image_hashes": "u"}.get(name, "f")
+        if arr.dtype.kind not in kinds or (name == "image_hashes" and arr.dtype != np.uint64):
+            raise ValueError(f"array {name!r} has dtype {arr.dtype}, which dpddpm never writes there")
+    if version >= 2:
+        T = check_int(meta.get("T"), "meta 'T'", low=2, high=MAX_T)
         rows = arrays.pop("rows")
-        arrays["kl"] = _unpack(arrays.pop("kl_packed"), rows, T)
-        if "stderr_packed" in arrays:
-            arrays["stderr"] = _unpack(arrays.pop("stderr_packed"), rows, T)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise ValueError(f"'rows' must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        if rows.size and (rows.min() < 2 or rows.max() > T or np.any(np.diff(rows) <= 0)):
+            raise ValueError(f"'rows' must be increasing times in 2..T = {T}")
+        for name in ("kl_packed", "stderr_packed"):
+            if name in arrays:
+                arrays[name[: -len("_packed")]] = _unpack(arrays.pop(name), rows, T)
+        counts = arrays["counts"]
+        if counts.shape == (T + 1,) and np.any(counts[rows] == 0):
+            raise ValueError("'rows' lists rows whose count is 0")
+    elif arrays["kl"].ndim != 2 or not 3 <= arrays["kl"].shape[0] <= MAX_T + 1:
+        raise ValueError(f"'kl' must be a (T+1, T+1) matrix with 2 <= T <= {MAX_T}, got shape {arrays['kl'].shape}")
     return arrays, RunInfo.from_dict(meta)
+
+
+def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """A hash of every array but ``meta`` (names, dtypes, shapes and bytes): a damaged file cannot pass for a
+    valid one, while its meta JSON stays readable and editable (its fields are checked one by one)."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in arrays if k != "meta"):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _counts(counts, n: int) -> np.ndarray:
+    """(T+1,) int64 sample counts: integers >= -1 (-1: unknown), never fractions."""
+    arr = np.asarray(counts)
+    if arr.shape != (n,):
+        raise ValueError(f"counts must have shape {(n,)}, got {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("counts must be whole numbers")
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"counts must be integers, got dtype {arr.dtype}")
+    if np.any(arr < -1) or np.any(arr > 2**53):
+        raise ValueError("counts must be >= 0 (or -1: unknown)")
+    return arr.astype(np.int64)
+
+
+def _hashes(hashes, n: int | None) -> np.ndarray:
+    """uint64 (N,) per-image hashes; N must match the run info's when it records one."""
+    arr = np.asarray(hashes)
+    if arr.ndim != 1 or arr.dtype != np.uint64:
+        raise ValueError(f"image_hashes must be a uint64 (N,) array, got {arr.dtype} {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"image_hashes holds {arr.shape[0]} hashes for N = {n} images")
+    return arr.copy()
 
 
 def _matrix(x, name: str, n: int | None = None) -> np.ndarray:

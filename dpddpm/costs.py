@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from .costmatrix import CostMatrix
-from .fingerprint import data_fingerprint, model_fingerprint
+from .fingerprint import data_fingerprint, image_hashes, model_fingerprint
 from .gaussian import predict_x0, q_sample
-from .model import DDPM, resolve_device
+from .model import DDPM, model_on, resolve_device
 from .rowcosts import DecoderRow, KLRow
 from .runinfo import RunInfo
 from .terms import prior_bpd
-from .validation import check_data
+from .validation import check_batch_size, check_data, check_int, check_seed
 
 
 def row_generator(seed: int, t: int, device: torch.device) -> torch.Generator:
@@ -57,7 +57,7 @@ class CostRun:
 
     Args:
         model: the DDPM.
-        data: (N, *model.data_shape) in [-1, 1], on the model's ``num_bins`` levels.
+        data: ``(N, *model.data_shape)`` in [-1, 1], on the model's ``num_bins`` levels.
         rows: the rows t to compute (1 = decoder row); default all of T .. 1.
         batch_size: network inputs per call (rows are packed together when N is small).
         device: where to run; default the model's device.
@@ -80,17 +80,16 @@ class CostRun:
         seed: int = 0,
         autocast: str | None = None,
     ) -> None:
+        self.device = resolve_device(model, device)  # also checks that model is a DDPM
         T = model.T
         data = check_data(data, model.data_shape, model.num_bins)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.rows = list(range(T, 0, -1)) if rows is None else sorted({int(t) for t in rows}, reverse=True)
-        if any(t < 1 or t > T for t in self.rows):
-            raise ValueError(f"rows must lie in 1..T = {T}")
-        self.device = resolve_device(model, device)
+        self.batch_size, self.seed = check_batch_size(batch_size), check_seed(seed)
+        if rows is None:
+            self.rows = list(range(T, 0, -1))
+        else:
+            self.rows = sorted({check_int(t, "a row t", low=1, high=T) for t in rows}, reverse=True)
         self.amp = _autocast(autocast, self.device)
-        self.model = model.to(self.device)
-        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.model = model_on(model, self.device)  # a copy when it must move: the caller's model stays put
         self.x0 = data.to(device=self.device, dtype=torch.float64).reshape(data.shape[0], -1)  # (N, D)
         self.info = RunInfo(
             T=T,
@@ -104,6 +103,7 @@ class CostRun:
             autocast=autocast,
             noise_device=self.device.type,
         )
+        self.image_hashes = image_hashes(data, model.num_bins)  # (N,): lets a merge refuse shared images
 
     @torch.no_grad()
     def empty(self) -> CostMatrix:
@@ -114,7 +114,7 @@ class CostRun:
         prior_se = np.concatenate(
             [[np.nan], (samples.std(0) / math.sqrt(N)).cpu().numpy() if N > 1 else np.full(T, np.nan)]
         )
-        return CostMatrix.empty(prior, prior_se, self.info)
+        return CostMatrix.empty(prior, prior_se, self.info, image_hashes=self.image_hashes)
 
     def finished_rows(self, skip: np.ndarray | None = None, progress: bool = True) -> Iterator[Row]:
         """Compute the run's rows, except where ``skip[t]`` is True (rows already done), yielding each as it ends.

@@ -2,6 +2,10 @@
 
 - :func:`elbo`: fresh noise for every term (K network calls per image). On held-out data this is the number to
   set against the in-sample figure of the DP, which was chosen on the noise of the cost matrix and is optimistic.
+  The images are taken in fixed blocks of :data:`NOISE_BLOCK`, and the noise of image i at kept time t is its
+  row of one draw from :func:`fresh_generator` (seed, t, i's block): it depends on the seed, the time and the
+  image, never on the batch size; and two schedules that keep the same time give an image the same x_t there
+  (common random numbers, which make paired comparisons sharper).
 - :func:`in_sample_elbo`: the cost matrix's own value of a schedule, re-evaluated image by image on the matrix's
   images with the matrix's own noise (row t's noise comes from ``row_generator(seed, t)``). Its mean equals
   ``schedule_bpd(costs, schedule)`` up to round-off, and its standard error is the right one: over images, of
@@ -14,6 +18,7 @@ the same images: use :meth:`ELBOEstimate.paired_stderr`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -25,11 +30,24 @@ from .costmatrix import CostMatrix
 from .costs import _autocast, row_generator
 from .fingerprint import data_fingerprint, model_fingerprint
 from .gaussian import q_sample
-from .model import DDPM, resolve_device
+from .model import DDPM, model_on, resolve_device
 from .runinfo import REPLAY_FIELDS
 from .terms import edge_bpd, prior_bpd
 from .types import Schedule
-from .validation import check_data, check_schedule
+from .validation import check_batch_size, check_data, check_schedule, check_seed
+
+#: images per block of the fresh ELBO: each block's noise is drawn on its own, so memory stays bounded for any N
+NOISE_BLOCK = 1024
+
+
+def fresh_generator(seed: int, t: int, block: int, device: torch.device) -> torch.Generator:
+    """The generator of the fresh ELBO's noise at time t for images ``block * NOISE_BLOCK`` onwards: a stream of
+    its own, never a cost-matrix row's (:func:`~dpddpm.costs.row_generator`), so a fresh ELBO on a matrix's own
+    images is not its in-sample value."""
+    digest = hashlib.sha256(f"dpddpm-fresh-elbo:{int(seed)}:{int(t)}:{int(block)}".encode()).digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
+    return gen
 
 
 @dataclass
@@ -143,42 +161,67 @@ def elbo(
     seed: int = 0,
     progress: bool = False,
 ) -> ELBOEstimate:
-    """Estimate the ELBO of ``schedule`` on ``data`` (N, *data_shape) in [-1, 1] with fresh noise.
+    """Estimate the ELBO of ``schedule`` on ``data`` ``(N, *data_shape)`` in [-1, 1] with fresh noise.
 
-    Several edges are packed into one network call when N < batch_size; noise is drawn edge by edge, so the
-    packing does not change which noise each term gets.
+    Images are taken in blocks of :data:`NOISE_BLOCK`; image i's noise at kept time t is its row of the draw
+    from ``fresh_generator(seed, t, i // NOISE_BLOCK)``, so the result does not depend on ``batch_size`` beyond
+    round-off (the float32 network's output moves by ~1e-7 with its batch). Several edges are packed into one
+    network call when a block holds fewer than ``batch_size`` images.
     """
+    device = resolve_device(model, device)
     sched_t = check_schedule(schedule, model.T)
     data = check_data(data, model.data_shape, model.num_bins)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = int(batch_size)
-    device = resolve_device(model, device)
-    model = model.to(device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
+    batch_size, seed = check_batch_size(batch_size), check_seed(seed)
+    model = model_on(model, device)
     N = data.shape[0]
-    edges = _edges(sched_t)
     terms = np.zeros((N, len(sched_t) + 1))
     bar = _progress_bar(progress, N * len(sched_t), "elbo")
-    for a in range(0, N, batch_size):
-        x0 = data[a : a + batch_size].to(device=device, dtype=torch.float64)
-        b = a + len(x0)
-        terms[a:b, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0).cpu().numpy()
-        per_call = max(1, batch_size // len(x0))
-        for first in range(0, len(edges), per_call):
-            group = edges[first : first + per_call]
-            x_t = []
-            for t, _ in group:  # noised in float64, rounded to the network's float32 input
-                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
-                x_t.append(q_sample(model.schedule, t, x0, noise).float())
-            for j, values in enumerate(_edge_terms(model, x0, x_t, group, int(sched_t[-2]), _autocast(None, device))):
-                terms[a:b, first + j + 1] = values
-            if bar is not None:
-                bar.update(len(x0) * len(group))
+    for start in range(0, N, NOISE_BLOCK):
+        x0 = data[start : start + NOISE_BLOCK].to(device=device, dtype=torch.float64)
+        block, shape = start // NOISE_BLOCK, x0.shape
+
+        def noise(t: int, block: int = block, shape: torch.Size = shape) -> torch.Tensor:
+            gen = fresh_generator(seed, t, block, device)
+            return torch.randn(shape, generator=gen, device=device, dtype=torch.float64)
+
+        rows = terms[start : start + len(x0)]  # a view: filled in place
+        rows[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0).cpu().numpy()
+        _run_edges(model, x0, sched_t, noise, rows, batch_size, _autocast(None, device), bar)
     if bar is not None:
         bar.close()
     return _estimate(terms, sched_t)
+
+
+def _run_edges(
+    model: DDPM,
+    x0_all: torch.Tensor,
+    sched_t: np.ndarray,
+    noise,
+    terms: np.ndarray,
+    batch_size: int,
+    amp: AbstractContextManager,
+    bar,
+) -> None:
+    """Fill ``terms[:, 1:]`` (N, K) with every image's edge costs: x_t = q_sample(x0, noise(t)) for each kept t.
+
+    ``noise(t)`` gives the (N, *data_shape) float64 noise of time t; edges are packed several to a network call
+    when N < batch_size, and images are taken ``batch_size`` at a time; ``bar`` (or None) counts the calls.
+    """
+    N = x0_all.shape[0]
+    edges = _edges(sched_t)
+    chunk = min(N, batch_size)
+    per_call = max(1, batch_size // chunk)  # small data: several edges share one network call
+    for first in range(0, len(edges), per_call):
+        group = edges[first : first + per_call]
+        # noised in float64, rounded to the network's float32 input
+        x_t = [q_sample(model.schedule, t, x0_all, noise(t)).float() for t, _ in group]
+        for a in range(0, N, chunk):
+            b = min(a + chunk, N)
+            values = _edge_terms(model, x0_all[a:b], [x[a:b] for x in x_t], group, int(sched_t[-2]), amp)
+            for j, v in enumerate(values):
+                terms[a:b, first + j + 1] = v
+            if bar is not None:
+                bar.update((b - a) * len(group))
 
 
 @torch.no_grad()
@@ -203,43 +246,32 @@ def in_sample_elbo(
 
     Args:
         model: the model the matrix was computed with (checked by its weights fingerprint).
-        data: (N, *data_shape), the very images of the matrix, in the same order (checked by fingerprint).
+        data: ``(N, *data_shape)``, the very images of the matrix, in the same order (checked by fingerprint).
         costs: a matrix made by :func:`dpddpm.cost_matrix` (not merged from data shards: their noise streams
             cannot be replayed on one data set).
         schedule: t_K > ... > t_1 = 1; its rows t_K .. t_2 and the decoder row must be computed.
         device: must be of the kind the matrix was computed on (its noise generator differs between CPU and CUDA).
     """
+    device = resolve_device(model, device)
     sched_t = check_schedule(schedule, model.T)
     data = check_data(data, model.data_shape, model.num_bins)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(model, device)
+    batch_size = check_batch_size(batch_size)
+    if not isinstance(costs, CostMatrix):
+        raise TypeError(f"costs must be a dpddpm.CostMatrix, got {type(costs).__name__}")
     meta = _replayable_meta(model, data, costs, sched_t, device)
-    model = model.to(device)
+    model = model_on(model, device)
     amp = _autocast(meta.get("autocast"), device)
     x0_all = data.to(device=device, dtype=torch.float64)
     N, D = x0_all.shape[0], x0_all[0].numel()
     terms = np.zeros((N, len(sched_t) + 1))
     terms[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0_all).cpu().numpy()
+
+    def noise(t: int) -> torch.Tensor:  # exactly cost_matrix's draw for row t: one (N, D) tensor from its generator
+        gen = row_generator(meta["seed"], t, device)
+        return torch.randn(N, D, generator=gen, device=device, dtype=torch.float64).reshape(x0_all.shape)
+
     bar = _progress_bar(progress, N * len(sched_t), "in-sample elbo")
-    edges = _edges(sched_t)
-    chunk = min(N, int(batch_size))
-    per_call = max(1, int(batch_size) // chunk)  # small data: several rows share one network call
-    for first in range(0, len(edges), per_call):
-        group = edges[first : first + per_call]
-        x_t = []
-        for t, _ in group:  # exactly cost_matrix's draws for these rows: one (N, D) tensor from each row's generator
-            noise = torch.randn(
-                N, D, generator=row_generator(meta["seed"], t, device), device=device, dtype=torch.float64
-            )
-            x_t.append(q_sample(model.schedule, t, x0_all, noise.reshape(x0_all.shape)).float())
-        for a in range(0, N, chunk):
-            b = min(a + chunk, N)
-            values = _edge_terms(model, x0_all[a:b], [x[a:b] for x in x_t], group, int(sched_t[-2]), amp)
-            for j, v in enumerate(values):
-                terms[a:b, first + j + 1] = v
-            if bar is not None:
-                bar.update((b - a) * len(group))
+    _run_edges(model, x0_all, sched_t, noise, terms, batch_size, amp, bar)
     if bar is not None:
         bar.close()
     return _estimate(terms, sched_t)

@@ -6,7 +6,12 @@
   both write it (the second is refused at once), and temp files that a killed run left behind are removed.
 - :func:`read_json`: a JSON file, or an error that names it; :func:`write_json`: one, atomically.
 - :func:`sigterm_raises`: SIGTERM (what torchrun and job schedulers send) raises :class:`Terminated`, so the
-  same cleanup that saves work on Ctrl-C runs on SIGTERM too.
+  same cleanup that saves work on Ctrl-C runs on SIGTERM too; :func:`signals_ignored` shields the save that
+  such an interruption triggers from a second Ctrl-C or SIGTERM.
+- :func:`npz_arrays`: the arrays of an ``.npz`` file after checking each member's declared size against what
+  the archive holds (a crafted header cannot make it allocate terabytes).
+
+Locks and temp files never follow symbolic links: a link planted in a shared folder cannot redirect a write.
 """
 
 from __future__ import annotations
@@ -14,14 +19,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
+import math
 import os
+import re
 import secrets
 import signal
+import stat
 import threading
-from collections.abc import Callable, Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
+
+#: the largest JSON file read (bytes): every JSON file dpddpm reads is a few hundred kB at most
+MAX_JSON_BYTES = 64 * 2**20
 
 
 class Terminated(KeyboardInterrupt):
@@ -29,9 +45,17 @@ class Terminated(KeyboardInterrupt):
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The parsed contents of a JSON file; a file that is not JSON text raises a ValueError naming it."""
+    """The parsed contents of a JSON file; a file that is not JSON text raises a ValueError naming it.
+
+    Files over :data:`MAX_JSON_BYTES` and nesting too deep to parse are refused the same way.
+    """
+    size = Path(path).stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{what} {path} is {size} bytes, far larger than such a file can be; check the path")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return parse_json(Path(path).read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to be such a file; fix or re-create it") from None
     except json.JSONDecodeError as e:
         raise ValueError(
             f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix or re-create it"
@@ -40,9 +64,32 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{what} {path} is not a JSON text file (it is not UTF-8); check the path") from None
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads`` that refuses the non-standard constants NaN, Infinity and -Infinity (a ValueError)."""
+
+    def refuse(name: str) -> Any:
+        raise json.JSONDecodeError(f"{name} is not JSON", text, 0)
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON's null), in nested dicts and lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON text (with a final newline) through :func:`atomic_write`; returns the path."""
-    text = (json.dumps(obj, indent=2) + "\n").encode()
+    """Write ``obj`` as indented JSON text (with a final newline) through :func:`atomic_write`; returns the path.
+
+    NaN and infinite floats are written as null (standard JSON has no NaN).
+    """
+    text = (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode()
     return atomic_write(path, lambda fh: fh.write(text))
 
 
@@ -68,7 +115,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -84,13 +131,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Delete the temp files that :func:`atomic_write` left beside ``path`` when a run was killed mid-write.
 
-    Only safe while holding :func:`claim_output` on ``path`` (no live writer can own them then).
+    Only safe while holding :func:`claim_output` on ``path`` (no live writer can own them then). Only regular
+    files named exactly like :func:`_temp_name`'s are removed: the name is escaped (``c[1].npz`` must not match
+    another run's ``.c1.npz.*.tmp``), and links or folders are left alone.
     """
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
-    for tmp in stale:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    exact = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
+    stale = []
+    for tmp in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+        try:
+            regular = stat.S_ISREG(os.lstat(tmp).st_mode)
+        except FileNotFoundError:
+            continue
+        if regular and exact.fullmatch(tmp.name):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            stale.append(tmp)
     return stale
 
 
@@ -108,14 +164,19 @@ def claim_output(path: str | os.PathLike) -> Iterator[Path]:
     SIGKILL, so a crashed run never blocks the next one. Stale temp files of ``path`` are removed once the
     lock is held, and the lock file itself is removed on exit.
 
+    Every command that writes a cost or variances file takes this one lock. The lock file is opened without
+    following links and must be a regular file, so a link planted as ``.<name>.lock`` cannot make a run
+    truncate another file.
+
     Raises:
-        FileExistsError: another live process holds the lock (its pid is named when known).
+        FileExistsError: another live process holds the lock (its pid is named when known), or the lock's
+            name is taken by a link, a folder or another non-regular file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_path(path)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -144,6 +205,118 @@ def claim_output(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)  # releases the flock
+
+
+def _open_lock(lock: Path, path: Path) -> int:
+    """Open (creating) the lock file ``lock`` of ``path`` without following a link; refuse anything not regular."""
+    refuse = (
+        f"the lock file {lock} of {path} is not a regular file (a link, folder or device): remove it if no "
+        "run is writing the output, or choose another output"
+    )
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
+            raise FileExistsError(refuse) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileExistsError(refuse)
+    return fd
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM are ignored (in the main thread; elsewhere: no change).
+
+    Wraps the save that an interruption triggers, so that a second Ctrl-C or SIGTERM cannot abort it and lose
+    every finished row; the previous handlers are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+#: the most memory one array read from an ``.npz`` may take, as a share of the machine's memory
+_NPZ_MEMORY_SHARE = 0.5
+#: deflate cannot expand data more than ~1032 times
+_DEFLATE_MAX_RATIO = 1100
+
+
+def _physical_memory() -> int:
+    """The machine's memory in bytes (2**40 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 2**40
+
+
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> None:
+    """Refuse an ``.npy`` member whose header declares more data than it holds, or than memory allows."""
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(fh, max_header_size=10_000)
+        header_bytes = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"array {info.filename!r} holds Python objects, which dpddpm never writes nor reads")
+    declared = math.prod(shape) * dtype.itemsize
+    expand = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+    if (
+        declared + header_bytes != info.file_size
+        or info.compress_size > file_size
+        or info.file_size > expand * max(info.compress_size, 1)
+    ):
+        raise ValueError(
+            f"array {info.filename!r} declares shape {shape} ({declared} bytes) but the archive holds "
+            f"{info.file_size} bytes for it"
+        )
+    if declared > _NPZ_MEMORY_SHARE * _physical_memory():
+        raise ValueError(f"array {info.filename!r} of shape {shape} needs {declared / 2**30:.1f} GiB, more than memory")
+
+
+def npz_arrays(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (only ``names``, when given), read without pickles.
+
+    Each member's ``.npy`` header is read first and its declared size compared with the bytes the archive
+    holds for it and with the machine's memory, so a forged header is refused before anything is allocated.
+
+    Raises:
+        ValueError: not a zip archive of ``.npy`` arrays, a member that declares more than it holds, or
+            truncated or corrupt bytes (the caller adds the file's name and the fix).
+    """
+    path = Path(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as fh:  # np.load reads anything else as a pickle and then suggests allow_pickle=True
+        if fh.read(4) != b"PK\x03\x04":
+            raise ValueError("not an .npz archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
+            wanted = list(members) if names is None else [n for n in names if n in members]
+            for name in wanted:
+                _check_member(archive, members[name], file_size)
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in wanted}
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        KeyError,
+        OverflowError,
+        SyntaxError,
+        NotImplementedError,  # zipfile: an unknown version or compression method
+        RuntimeError,  # zipfile: an encrypted member
+    ) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"truncated or corrupt ({reason})") from None
 
 
 @contextlib.contextmanager

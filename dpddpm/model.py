@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -96,10 +97,10 @@ class DDPM(nn.Module):
         """Run the net at 1-based steps t.
 
         Args:
-            x_t: noisy data, shape (B, *data_shape).
+            x_t: noisy data, shape ``(B, *data_shape)``.
             t: int tensor of shape (B,) or a Python int, 1 <= t <= T.
         Returns:
-            (eps, v): eps of shape (B, *data_shape); v the raw variance output of the same shape
+            (eps, v): eps of shape ``(B, *data_shape)``; v the raw variance output of the same shape
             (f = (v + 1) / 2) for ``learned_range``, else None.
         """
         if not isinstance(t, torch.Tensor):
@@ -133,8 +134,44 @@ class DDPM(nn.Module):
 
 
 def resolve_device(model: DDPM, device: str | torch.device | None) -> torch.device:
-    """The device to run on: ``device`` if given, else where the model's parameters are (CPU if it has none)."""
+    """The device to run on: ``device`` if given, else where the model's parameters are (CPU if it has none).
+
+    Raises:
+        TypeError: ``model`` is not a :class:`DDPM`.
+        ValueError: an unknown device name, or ``"meta"`` (a device without values, on which nothing can be
+            computed).
+    """
+    if not isinstance(model, DDPM):
+        raise TypeError(f"model must be a dpddpm.DDPM, got {type(model).__name__}")
     if device is not None:
-        return torch.device(device)
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"bad device {device!r}: {exc}") from None
+    else:
+        p = next(iter(model.parameters()), None)
+        dev = p.device if p is not None else torch.device("cpu")
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no values, so nothing can be computed on it; use 'cpu' or 'cuda'")
+    return dev
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
+
+
+def model_on(model: DDPM, device: torch.device) -> DDPM:
+    """``model`` itself when all its tensors are on ``device``, else a copy there; the caller's model never moves.
+
+    The copy takes the moved tensors directly (no second copy on the original device): ``nn.Module.to`` would
+    move the caller's model in place, and a failed move (e.g. to ``"meta"``) would leave it without weights.
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(_on(x, device) for x in tensors):
+        return model
+    memo: dict[int, torch.Tensor] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach().to(device)
+    return copy.deepcopy(model, memo)

@@ -41,6 +41,7 @@ import torch
 
 from .digits.classifier import DigitsClassifier, load_classifier
 from .digits.data import DATA_SHAPE, digits_split
+from .validation import check_batch_size
 
 RANGE_TOLERANCE = 1e-4  # float32 round-off of values computed in [-1, 1]
 
@@ -204,7 +205,7 @@ class DigitsScore:
     ) -> None:
         self.device = torch.device(device)
         self.classifier = (classifier or load_classifier()).to(self.device).eval()
-        self.batch_size = int(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         self._reference_cache: dict[str, np.ndarray] = {}
 
     @torch.no_grad()

@@ -135,9 +135,9 @@ class KLRow:
         n = chebyshev_degree(float(self.delta.max()) * h)
         y_nodes = torch.cos(math.pi * (torch.arange(n, dtype=F64, device=f.device) + 0.5) / n)
         xs = self.delta[:, None] * (m + h * y_nodes)[None, :]  # (t-1, n): f Delta_s at the nodes
-        A = chebyshev_coefficients(xs + torch.expm1(-xs))  # (t-1, n): phi_s(f) = sum_k a_sk T_k(y)
-        B = chebyshev_coefficients(torch.exp(-xs))  # (t-1, n): exp(-f Delta_s) = sum_k b_sk T_k(y)
-        M, W = chebyshev_moments((f - m) / h, err2, n)  # (batch, n): sum_d T_k(y_d), sum_d e_d^2 T_k(y_d)
+        A = chebyshev_coefficients(xs + torch.expm1(-xs))  # (t-1, n): phi_s(f) = sum_k a_sk Ch_k(y)
+        B = chebyshev_coefficients(torch.exp(-xs))  # (t-1, n): exp(-f Delta_s) = sum_k b_sk Ch_k(y)
+        M, W = chebyshev_moments((f - m) / h, err2, n)  # (batch, n): sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)
         # sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k): the row is one matrix product
         coef = torch.cat([A, B * self.r[:, None]], dim=1).T * self.scale  # (2n, t-1)
         self.stats.add_affine(torch.cat([M, W], dim=1), coef, torch.zeros_like(self.delta))

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from .types import VARIANCE_KINDS
 
 #: the fields that identify the model and how it was run: parts of one merge must agree on all of them
 MODEL_FIELDS = ("variance", "num_bins", "clip_denoised", "weights_fingerprint", "autocast")
@@ -69,10 +74,12 @@ class RunInfo:
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        for name, kind in _FIELD_TYPES.items():  # numpy ints, JSON lists...: store the declared type
+        for name in _FIELD_TYPES:  # numpy ints, JSON lists...: stored as the declared type, after a strict check
             value = getattr(self, name)
-            if value is not None and not isinstance(value, kind):
-                object.__setattr__(self, name, kind(value))
+            if value is not None:
+                object.__setattr__(self, name, _checked(name, value))
+        if not isinstance(self.extra, Mapping):
+            raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
         clash = sorted(set(self.extra) & set(_FIELD_TYPES))
         if clash:
             raise ValueError(f"extra keys {clash} are RunInfo fields; pass them as fields")
@@ -88,9 +95,13 @@ class RunInfo:
         return [name for name in fields if getattr(self, name) is None]
 
     def describe(self, other: RunInfo, fields: Iterable[str], here: str, there: str) -> str:
-        """``"seed: 0 in <here>, 1 in <there>; ..."`` for the given fields."""
+        """``"seed: 0 in <here>, 1 in <there>; ..."`` for the given fields ("not recorded" for None)."""
+
+        def show(value: Any) -> str:
+            return "not recorded" if value is None else repr(value)
+
         return "; ".join(
-            f"{name}: {getattr(self, name)!r} in {here}, {getattr(other, name)!r} in {there}" for name in fields
+            f"{name}: {show(getattr(self, name))} in {here}, {show(getattr(other, name))} in {there}" for name in fields
         )
 
     # ------------------------------------------------------------------ dict and JSON forms
@@ -103,7 +114,14 @@ class RunInfo:
 
     @classmethod
     def from_dict(cls, meta: Mapping[str, Any]) -> RunInfo:
-        """The inverse of :meth:`as_dict`: known keys become fields (missing ones None), the rest ``extra``."""
+        """The inverse of :meth:`as_dict`: known keys become fields (missing ones None), the rest ``extra``.
+
+        Raises:
+            TypeError, ValueError: a field of the wrong type (``"false"`` for a bool, 2.7 for a count) or out of
+                range; nothing is converted silently.
+        """
+        if not isinstance(meta, Mapping):
+            raise TypeError(f"run info must be a JSON object, got {type(meta).__name__}")
         known = {k: v for k, v in meta.items() if k in _FIELD_TYPES}
         return cls(**known, extra={k: v for k, v in meta.items() if k not in _FIELD_TYPES})
 
@@ -136,3 +154,35 @@ def _declared_types() -> dict[str, type]:
 
 
 _FIELD_TYPES = _declared_types()
+
+#: the values a field may take beyond its type: (low, high) for ints, the allowed strings for choices
+_INT_RANGES = {"T": (1, 2**31), "num_bins": (2, 2**31), "seed": (0, 2**63 - 1), "N": (1, 2**63 - 1)}
+_CHOICES = {
+    "variance": VARIANCE_KINDS,
+    "autocast": ("bf16", "fp16"),
+}
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` as field ``name``'s declared type, after checking that it already is one (and in range)."""
+    kind = _FIELD_TYPES[name]
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"run info {name!r} must be true or false, got {value!r}")
+        return bool(value)
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"run info {name!r} must be an integer, got {value!r}")
+        low, high = _INT_RANGES.get(name, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"run info {name!r} must lie in {low}..{high}, got {value}")
+        return int(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"run info {name!r} must be a string, got {value!r}")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"run info {name!r} must be one of {_CHOICES[name]}, got {value!r}")
+        return value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):  # data_shards
+        raise TypeError(f"run info {name!r} must be a list of strings, got {value!r}")
+    return tuple(value)

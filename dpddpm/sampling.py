@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 
 from .gaussian import predict_eps, predict_x0, q_sample
-from .model import DDPM, resolve_device
+from .model import DDPM, model_on, resolve_device
 from .terms import jump_log_variance
 from .types import Schedule
-from .validation import check_schedule
+from .validation import check_int, check_schedule
 
 
 def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -31,7 +31,7 @@ def sample(
     """Ancestral sampling with the model's variance rule for every jump.
 
     Each jump t -> s draws x_s ~ N(c1 x^_0 + c2 x_t, sigma^2) with sigma^2 re-derived for that jump (fixed
-    small, fixed large, or the learned interpolation). Returns float32 (n, *data_shape); the last step gives
+    small, fixed large, or the learned interpolation). Returns float32 ``(n, *data_shape)``; the last step gives
     x^_0 (clipped to [-1, 1] if the model clips).
     """
     return _run(model, schedule, n, generator, device, ddim=False)
@@ -59,11 +59,12 @@ def _run(
     *,
     ddim: bool,
 ) -> torch.Tensor:
-    times = check_schedule(schedule, model.T)
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     device = resolve_device(model, device)
-    model = model.to(device)
+    times = check_schedule(schedule, model.T)
+    n = check_int(n, "n", low=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    model = model_on(model, device)
     sched = model.schedule
     x = _noise((int(n), *model.data_shape), generator, device)
     for i, t in enumerate(times):

@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .types import Schedule
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int, if it is an integer (Python or numpy, not a bool, not a float) in [low, high].
+
+    A float such as 2.7, or even 3.0, is refused rather than truncated: a count read from a file or passed by
+    a caller must be what it says.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"in {low}..{high}")
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """The one check of a batch size, for every command and API entry point: an integer >= 1."""
+    return check_int(batch_size, "batch_size", low=1)
+
+
+#: seeds are integers in [0, 2**63): what every torch generator accepts
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: Any) -> int:
+    """A noise seed: an integer in 0 .. 2**63 - 1."""
+    return check_int(seed, "seed", low=0, high=MAX_SEED)
+
+
+def check_seconds(value: Any, name: str) -> float:
+    """A finite, non-negative number of seconds (e.g. a checkpoint interval)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
+    return float(value)
 
 
 def check_budget(K: int, T: int) -> int:
@@ -25,13 +66,18 @@ def check_schedule(schedule: Schedule, T: int) -> np.ndarray:
     """Return ``schedule`` as an int64 array after checking it is t_K > ... > t_1 = 1 with t_K <= T."""
     if isinstance(schedule, torch.Tensor):
         schedule = schedule.detach().cpu().numpy()
-    arr = np.asarray(schedule)
+    try:
+        arr = np.asarray(schedule)
+    except (OverflowError, ValueError, TypeError):
+        raise ValueError("a schedule must be a 1-D sequence of integer times") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"schedule times must be integers that fit in 64 bits, got {arr.tolist()!r:.200}")
     if arr.ndim != 1:
         raise ValueError(f"a schedule must be a 1-D sequence of times, got shape {arr.shape}")
     if arr.size < 2:
         raise ValueError(f"a schedule needs at least 2 steps (K >= 2), got {arr.tolist()}")
     if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(np.abs(arr) > 2.0**62):
             raise ValueError(f"schedule times must be integers, got {arr.tolist()}")
     arr = arr.astype(np.int64)
     if np.any(np.diff(arr) >= 0):

@@ -126,7 +126,9 @@ def test_merge_refuses_double_counting_mixing_and_other_models():
     with pytest.raises(ValueError, match="count those samples twice"):
         dpddpm.CostMatrix.merge([a, a])
     with pytest.raises(ValueError, match="count those samples twice"):
-        dpddpm.CostMatrix.merge([a, _part(model, data, [3, 4, 5, 6], seed=1)])
+        dpddpm.CostMatrix.merge([a, _part(model, data, [3, 4, 5, 6])])
+    with pytest.raises(ValueError, match="different seed"):  # replay would use the wrong noise
+        dpddpm.CostMatrix.merge([a, _part(model, data, [4, 5, 6], seed=1)])
     other_rows = _part(model, discrete_data(5, seed=8), [4, 5, 6])
     with pytest.raises(ValueError, match="different data but cover different rows"):
         dpddpm.CostMatrix.merge([a, other_rows])

@@ -8,6 +8,7 @@ traceback; Ctrl-C exits with 130, SIGTERM with 143. Outputs are checked before a
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,13 +35,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dpddpm`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's shutdown
+        return status
+    except BrokenPipeError:  # e.g. `dpddpm schedule ... | head -1`: the reader has all it wanted
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command stopped by a closed pipe
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a cost-matrix run (files.Terminated)
         return report_stopped(args, exc)
     except Exception as exc:
         if not report_error(args, exc):
             raise
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush cannot fail on a closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

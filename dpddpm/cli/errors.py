@@ -69,6 +69,9 @@ def user_error_message(exc: BaseException) -> str | None:
 def report_error(args: argparse.Namespace, exc: Exception) -> bool:
     """Print a user error whole and return True; False for an internal error, which the caller re-raises."""
     message = user_error_message(exc)
+    source = getattr(args, "checkpoint", None) or getattr(args, "diffusers", None)
+    if message is not None and isinstance(exc, FloatingPointError) and source:  # say which weights computed it
+        message += f" (the model's weights in {source} may be damaged, or do not fit its flags)"
     if message is not None:
         print(f"dpddpm {args.command}: error: {message}", file=sys.stderr)
     return message is not None

@@ -92,12 +92,14 @@ def load_model(args: argparse.Namespace) -> DDPM:
     from ..fingerprint import model_fingerprint
 
     file = require_file(args.variances, "analytic-variances file")
-    variances = AnalyticVariances.load(file)
+    variances = AnalyticVariances.load(file)  # refuses a file that records no weights fingerprint
     if variances.T != model.T:
         raise UsageError(f"the variances in {file} are for T = {variances.T}, the model has T = {model.T}")
-    fitted_by = variances.info.get("weights_fingerprint")
-    if fitted_by and fitted_by != model_fingerprint(model):
-        raise UsageError(f"the variances in {file} were fitted for another model (its weights fingerprint differs)")
+    if variances.info["weights_fingerprint"] != model_fingerprint(model):
+        raise UsageError(
+            f"the variances in {file} were fitted for another model (its weights fingerprint differs); fit them "
+            "for this model with dpddpm fit-variances"
+        )
     return with_analytic_variances(model, variances)
 
 
@@ -138,6 +140,17 @@ def load_data(args: argparse.Namespace) -> torch.Tensor:
     return x if args.limit is None else x[: args.limit]
 
 
+def check_data_fits(data: torch.Tensor, model: DDPM, args: argparse.Namespace) -> torch.Tensor:
+    """Refuse data that do not fit the model (shape, range, grid) or hold no image, naming where they came from."""
+    from ..validation import check_data
+
+    source = args.data or f"the digits split {args.digits_split}"
+    try:
+        return check_data(data, model.data_shape, model.num_bins)
+    except ValueError as exc:
+        raise ValueError(f"the data in {source} do not fit the model: {exc}") from None
+
+
 def schedule_source(args: argparse.Namespace) -> str:
     """Which schedule option was given: schedule_json, even, quadratic, ddim_quad or costs (exactly one)."""
     chosen = [n for n in ("schedule_json", "even", "quadratic", "ddim_quad", "costs") if getattr(args, n) is not None]
@@ -163,7 +176,7 @@ def load_schedule(args: argparse.Namespace, model: DDPM | None = None) -> np.nda
     if source == "schedule_json":
         return schedule_from_json(args.schedule_json, T)
     if source == "costs":
-        return best_schedule(load_costs(args.costs, model), args.steps, args.start)[0]
+        return best_schedule(load_costs(args.costs, model), args.steps, args.start, args.costs)[0]
     if T is None:
         raise UsageError(
             "--even/--quadratic/--ddim-quad need the model's T, which export does not know; "
@@ -189,7 +202,7 @@ def schedule_from_json(path: str, T: int | None = None) -> np.ndarray:
     times = obj.get("schedule") if isinstance(obj, dict) else obj
     recorded = obj.get("T") if isinstance(obj, dict) else None
     numbers = isinstance(times, list) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)
-    if not numbers or not (recorded is None or isinstance(recorded, int)):
+    if not numbers or not (recorded is None or (isinstance(recorded, int) and not isinstance(recorded, bool))):
         raise ValueError(
             f"schedule file {file} holds no schedule: expected a JSON list of times such as "
             '[1000, 500, 1], or an object with a "schedule" list and an integer "T" (as '
@@ -206,18 +219,38 @@ def schedule_from_json(path: str, T: int | None = None) -> np.ndarray:
         raise ValueError(f"schedule file {file}: {exc}") from None
 
 
-def load_costs(path: str, model: DDPM | None = None) -> CostMatrix:
-    """A cost-matrix file; with ``model``, one recorded for another model or other settings is refused."""
+def load_costs(path: str, model: DDPM | None = None, *, replay: str | None = None) -> CostMatrix:
+    """A cost-matrix file; with ``model``, one recorded for another model or other settings is refused.
+
+    ``replay``: the option or command that re-runs the model on the matrix's own noise (``"--in-sample"``,
+    ``"fit-variances"``), so the advice for a mismatch is to give the matrix's own model, not to take its
+    schedule over.
+    """
     from ..costmatrix import CostMatrix
 
     file = require_file(path, "cost-matrix file")
     costs = CostMatrix.load(file)
     if model is not None:
-        _check_costs_fit(costs, model, file)
+        _check_costs_fit(costs, model, file, replay)
     return costs
 
 
-def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path) -> None:
+def require_mse(costs: CostMatrix, file: str | os.PathLike, command: str, partial: bool = False) -> None:
+    """Refuse a matrix whose computed rows do not all record m_t (a file from before dpddpm recorded it)."""
+    from ..merge import rows_without_mse
+
+    if not partial and not costs.is_complete:
+        return  # the library names what is missing
+    lacking = rows_without_mse(costs)
+    if lacking:
+        raise UsageError(
+            f"{command} needs the errors of x^_0 (mse) that every cost-matrix row records, but {file} lacks them "
+            f"in {len(lacking)} row(s) (first: t = {lacking[:5]}): it was written by an older dpddpm or merged "
+            "with such a file; recompute it with `dpddpm costs` (or move it away to start afresh)"
+        )
+
+
+def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path, replay: str | None = None) -> None:
     """Refuse a matrix whose metadata name another model: its schedules are optimal for that model only."""
     from ..fingerprint import model_fingerprint
 
@@ -233,6 +266,17 @@ def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path) -> None:
     wrong = [k for k, v in ours.items() if k in costs.meta and costs.meta[k] != v]
     if wrong:
         detail = "; ".join(f"{k}: {costs.meta[k]!r} in the file, {ours[k]!r} for the model" for k in wrong)
+        if replay:  # the matrix's own model is needed: taking its schedule over cannot help
+            analytic = costs.meta.get("variance") == "analytic" and model.variance != "analytic"
+            if replay == "fit-variances" and analytic:
+                fix = "fit-variances needs a matrix of the model's own variances (`dpddpm costs` without --variances)"
+            elif analytic:
+                fix = "add --variances FILE, the analytic variances it was computed with"
+            elif model.variance == "analytic":
+                fix = "leave out --variances"
+            else:
+                fix = f"{replay} needs the model that computed it"
+            raise UsageError(f"the cost matrix {file} was computed by another model ({detail}); {fix}")
         raise UsageError(
             f"the cost matrix {file} was computed for another model ({detail}). To use its schedule "
             f"on this model anyway: dpddpm schedule {file} --steps K --json S.json, then pass "
@@ -240,9 +284,17 @@ def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path) -> None:
         )
 
 
-def best_schedule(costs: CostMatrix, K: int, start: str = "T") -> tuple[np.ndarray, float]:
-    """(schedule, in-sample bits/dim) of the optimal K-step schedule of a cost matrix."""
+def best_schedule(
+    costs: CostMatrix, K: int, start: str = "T", file: str | os.PathLike | None = None
+) -> tuple[np.ndarray, float]:
+    """(schedule, in-sample bits/dim) of the optimal K-step schedule of a cost matrix (read from ``file``, which
+    errors then name)."""
     from ..dp import optimal_schedules
 
-    best = optimal_schedules(costs, K, start=start)
+    try:
+        best = optimal_schedules(costs, K, start=start)
+    except ValueError as exc:
+        if file is None:
+            raise
+        raise ValueError(f"cost matrix {file}: {exc}") from None
     return best.schedule(K), best.bpd(K)

@@ -4,8 +4,31 @@ schedule. Each subcommand's ``func`` is its function in :mod:`.commands`."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
+from ..validation import check_batch_size, check_int, check_seconds, check_seed
 from . import commands
+
+
+def _checked(check: Callable[[Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse ``type``: parse the text, then run the library's own check on it (one rule for the command
+    line and the API); a bad value exits 2 with argparse's usage message and the check's reason."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(parse(text))
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    convert.__name__ = check.__name__.removeprefix("check_")  # what argparse names in "invalid ... value"
+    return convert
+
+
+_batch_size = _checked(check_batch_size)
+_seed = _checked(check_seed)
+_positive = _checked(lambda v: check_int(v, "the value", low=1))
+_seconds = _checked(lambda v: check_seconds(v, "the interval"), float)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,8 +67,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
     )
-    p.add_argument("--batch-size", type=int, default=256, help="network inputs per call")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--batch-size", type=_batch_size, default=256, help="network inputs per call")
+    p.add_argument("--seed", type=_seed, default=None, help="noise seed, 0 .. 2**63 - 1 (default 0)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +76,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="PATH", help="CIFAR-10 python folder, .npz of uint8 images, or PNG folder")
     g.add_argument("--split", default=None, help="CIFAR-10 split (train/test) or .npz array key")
     g.add_argument("--digits-split", metavar="NAME", help="scikit-learn digits split: train, selection or test")
-    g.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    g.add_argument("--limit", type=_positive, default=None, help="use only the first N images")
 
 
 def _add_schedule_args(p: argparse.ArgumentParser) -> None:
@@ -61,16 +84,16 @@ def _add_schedule_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--schedule-json", metavar="FILE", help="a JSON list of times, or a file written by `schedule --json`"
     )
-    g.add_argument("--even", type=int, metavar="K", help="the even stride with K steps")
-    g.add_argument("--quadratic", type=int, metavar="K", help="the quadratic stride with K steps")
+    g.add_argument("--even", type=_positive, metavar="K", help="the even stride with K steps")
+    g.add_argument("--quadratic", type=_positive, metavar="K", help="the quadratic stride with K steps")
     g.add_argument(
         "--ddim-quad",
-        type=int,
+        type=_positive,
         metavar="K",
         help="DDIM's own quadratic stride with K network calls (stops near 0.8 T; repeats dropped)",
     )
     g.add_argument("--costs", metavar="FILE", help="a cost-matrix .npz: use its optimal schedule for --steps K")
-    g.add_argument("--steps", type=int, metavar="K", help="number of steps K for --costs")
+    g.add_argument("--steps", type=_positive, metavar="K", help="number of steps K for --costs")
     g.add_argument("--start", choices=("T", "free"), default="T", help="with --costs: start at T or let the DP choose")
 
 
@@ -98,7 +121,7 @@ def _add_costs(sub) -> None:
         "--out", required=True, help="output .npz (also the checkpoint while running; .npz is appended when missing)"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
-    p.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoint writes")
+    p.add_argument("--save-every", type=_seconds, default=60.0, help="seconds between checkpoint writes (finite, >= 0)")
     p.add_argument("--shard-index", type=int, default=None, help="compute only rows t with t %% num_shards == index")
     p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE or 1)")
     p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="CUDA autocast for the network")
@@ -127,7 +150,7 @@ def _add_schedule(sub) -> None:
         "Run the DP on a cost-matrix file and print the optimal schedule.",
     )
     p.add_argument("costs", help="cost-matrix .npz")
-    p.add_argument("--steps", "-K", type=int, required=True, help="number of steps K (network calls)")
+    p.add_argument("--steps", "-K", type=_positive, required=True, help="number of steps K (network calls)")
     p.add_argument("--start", choices=("T", "free"), default="T", help="start at T, or let the DP choose t_K")
     p.add_argument("--json", metavar="OUT", help="also write the schedule as JSON")
 
@@ -163,7 +186,7 @@ def _add_sample(sub) -> None:
         _add_model_args,
         _add_schedule_args,
     )
-    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("-n", type=_positive, default=64, help="number of samples (drawn --batch-size at a time)")
     p.add_argument("--ddim", action="store_true", help="deterministic DDIM (eta = 0) instead of ancestral")
     p.add_argument("--out", required=True, help="output .png (grid) or .npy (float32 array in [-1, 1])")
 
@@ -216,10 +239,10 @@ def _add_reproduce(sub) -> None:
         "of images is used: the first --selection select, the next --test test)",
     )
     p.add_argument("--test-split", default=None, help="split (or .npz key) for the test ELBOs (CIFAR-10: test)")
-    p.add_argument("--selection", type=int, default=256, help="number of selection images")
-    p.add_argument("--test", type=int, default=256, help="number of test images")
+    p.add_argument("--selection", type=_positive, default=256, help="number of selection images")
+    p.add_argument("--test", type=_positive, default=256, help="number of test images")
     p.add_argument(
-        "--steps", type=int, nargs="+", default=None, help="budgets K (default: 8 16 32 64 128 256, those <= T)"
+        "--steps", type=_positive, nargs="+", default=None, help="budgets K (default: 8 16 32 64 128 256, those <= T)"
     )
     p.add_argument("--skip-full", action="store_true", help="skip the ELBO of all T steps")
     p.add_argument(

@@ -17,7 +17,8 @@ from ..model import DDPM
 from ..schedule import NoiseSchedule
 from ..terms import LN2, prior_bpd
 from ..types import VarianceKind
-from .data import DATA_SHAPE, NUM_BINS
+from ..validation import check_batch_size
+from .data import NUM_BINS
 
 
 class ScheduleTable:
@@ -43,10 +44,12 @@ def vlb_terms(
     x0_hat: torch.Tensor,
     v: torch.Tensor | None,
     variance: VarianceKind,
+    num_bins: int = NUM_BINS,
 ) -> torch.Tensor:
     """The full chain's ELBO term at each sample's own t, in bits/dim: L(t, t-1) for t >= 2, decoder at t = 1.
 
-    t: (B,) 1-based long; x0, x0_hat: (B, 64) float64; v: (B, 64) raw variance output or None. Returns (B,).
+    t: (B,) 1-based long; x0, x0_hat: (B, D) float64 (D = 64 for the digits); v: (B, D) raw variance output or
+    None; num_bins: the data's levels (the decoder's bins). Returns (B,).
     Same formulas as :func:`dpddpm.edge_bpd`, vectorised over t for training (a test checks they agree).
     """
     dec = (t == 1)[:, None]
@@ -56,7 +59,7 @@ def vlb_terms(
     hi = torch.where(dec, torch.full_like(hi, tab.dec_log_hi), hi)
     log_var = model_log_variance(variance, lo, hi, None if v is None else range_fraction(v), decoder=dec)
     kl = normal_kl(tab.c1[tt][:, None] * (x0 - x0_hat), tab.log_post[tt][:, None], log_var)
-    nll = discretized_gaussian_nll(x0, x0_hat, log_var, NUM_BINS)
+    nll = discretized_gaussian_nll(x0, x0_hat, log_var, num_bins)
     return torch.where(dec, nll, kl).mean(dim=1) / LN2
 
 
@@ -66,6 +69,7 @@ class QuickELBO:
     Every image gets one t in each of ``strata`` equal slices of 2..T and the decoder term at t = 1; noise and
     t are drawn once, so differences between checkpoints are not masked by Monte-Carlo noise.
     ELBO ~= prior(T) + decoder + sum_j (slice width) L(t_j, t_j - 1), bits/dim.
+    ``data``: (N, *data_shape) of the models it will score (the digits' (N, 1, 8, 8), or any other shape).
     """
 
     def __init__(
@@ -77,7 +81,8 @@ class QuickELBO:
         device: torch.device | str = "cpu",
     ) -> None:
         gen = torch.Generator().manual_seed(seed)
-        N = data.shape[0]
+        N, D = data.shape[0], data[0].numel()
+        self.data_shape = tuple(data.shape[1:])
         edges = np.linspace(2, sched.T + 1, strata + 1).round().astype(np.int64)
         width = torch.as_tensor(np.diff(edges), dtype=torch.float64)
         lo = torch.as_tensor(edges[:-1])
@@ -85,7 +90,7 @@ class QuickELBO:
         self.t = torch.cat([torch.ones(N, 1, dtype=torch.long), t], dim=1).reshape(-1).to(device)
         self.weight = torch.cat([torch.ones(1, dtype=torch.float64), width]).to(device)  # per column
         self.cols = strata + 1
-        self.x0 = data.reshape(N, 1, -1).expand(N, self.cols, 64).reshape(-1, 64).double().to(device)
+        self.x0 = data.reshape(N, 1, -1).expand(N, self.cols, D).reshape(-1, D).double().to(device)
         noise = torch.randn(self.x0.shape, generator=gen, dtype=torch.float64).to(device)
         self.x_t = q_sample(sched, self.t, self.x0, noise).float()
         self.sched = sched
@@ -96,14 +101,15 @@ class QuickELBO:
     @torch.no_grad()
     def __call__(self, model: DDPM, variances: tuple[VarianceKind, ...], batch_size: int = 4096) -> dict[str, float]:
         """Quick ELBO (bits/dim) for each variance kind read from the same network outputs."""
+        batch_size = check_batch_size(batch_size)
         totals = {k: torch.zeros((), dtype=torch.float64) for k in variances}
         for a in range(0, self.t.shape[0], batch_size):
             sl = slice(a, a + batch_size)
             t, x_t, x0 = self.t[sl], self.x_t[sl], self.x0[sl]
-            eps, v = model.predict(x_t.reshape(-1, *DATA_SHAPE), t)
-            x0_hat = predict_x0(self.sched, t, x_t, eps.reshape(-1, 64), clip=True)
+            eps, v = model.predict(x_t.reshape(-1, *self.data_shape), t)
+            x0_hat = predict_x0(self.sched, t, x_t, eps.reshape(x_t.shape), clip=True)
             w = self.weight[torch.arange(a, a + len(t), device=t.device) % self.cols]
             for k in variances:
-                vk = None if v is None else v.reshape(-1, 64)
-                totals[k] += (w * vlb_terms(self.tab, t, x0, x0_hat, vk, k)).sum().cpu()
+                vk = None if v is None else v.reshape(x_t.shape)
+                totals[k] += (w * vlb_terms(self.tab, t, x0, x0_hat, vk, k, model.num_bins)).sum().cpu()
         return {k: self.prior + float(v) / self.N for k, v in totals.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,62 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
             f"scheduler configuration {found} is not a JSON object; save the scheduler again with "
             "scheduler.save_pretrained(...)"
         )
+    _check_scheduler_fields(raw, found)
     ddpm_scheduler = _import_diffusers().DDPMScheduler
     config = dict(ddpm_scheduler.from_config(raw).config)
     config.update({k: v for k, v in raw.items() if not k.startswith("_")})
     return config
+
+
+#: the scheduler fields dpddpm reads, with the JSON types each may take (None: null allowed)
+_SCHEDULER_FIELDS: dict[str, tuple[type, ...]] = {
+    "num_train_timesteps": (int,),
+    "beta_start": (int, float),
+    "beta_end": (int, float),
+    "beta_schedule": (str,),
+    "trained_betas": (list, type(None)),
+    "prediction_type": (str,),
+    "variance_type": (str, type(None)),
+    "clip_sample": (bool,),
+    "clip_sample_range": (int, float),
+    "thresholding": (bool,),
+    "rescale_betas_zero_snr": (bool,),
+}
+
+
+def _check_scheduler_fields(raw: Mapping[str, Any], file: Path) -> None:
+    """Refuse a scheduler configuration whose fields have the wrong JSON type or range, naming the file."""
+    fix = "fix it, or save the scheduler again with scheduler.save_pretrained(...)"
+    for key, kinds in _SCHEDULER_FIELDS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        numeric_bool = isinstance(value, bool) and bool not in kinds
+        if numeric_bool or not isinstance(value, kinds):
+            raise ValueError(f"scheduler configuration {file}: {key!r} is {value!r}, of the wrong type; {fix}")
+    T = raw.get("num_train_timesteps", 1000)
+    if not 2 <= T <= 2**20:
+        raise ValueError(f"scheduler configuration {file}: num_train_timesteps must lie in 2 .. 2**20, got {T}; {fix}")
+    betas = raw.get("trained_betas")
+    if betas is not None and not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
+        raise ValueError(f"scheduler configuration {file}: trained_betas must be a list of numbers; {fix}")
+    for key in ("beta_start", "beta_end"):
+        if key in raw and not 0 < raw[key] < 1:
+            raise ValueError(f"scheduler configuration {file}: {key} must lie in (0, 1), got {raw[key]}; {fix}")
+
+
+def _pickle_refusal(exc: BaseException) -> str | None:
+    """Why a ``.bin`` file was refused, when the cause is an unsafe pickle (found in the exception's chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            # torch's own message goes on to suggest weights_only=False, which would run the code: keep only
+            # the line that names what the pickle asked for
+            lines = [x.strip() for x in str(exc).splitlines() if "Unsupported" in x or "WeightsUnpickler" in x]
+            return lines[0][:300] if lines else "it is not a plain tensor file"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _unet_from_pretrained(folder: Path, subfolder: str | None = None):
@@ -100,6 +153,13 @@ def _unet_from_pretrained(folder: Path, subfolder: str | None = None):
     try:
         return diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True, **kwargs)
     except OSError as e:  # diffusers reports a missing, unreadable or corrupt config or weights file so
+        unsafe = _pickle_refusal(e)
+        if unsafe is not None:  # torch.load(weights_only=True) refused the pickle: say so, it is not corrupt
+            raise ValueError(
+                f"cannot load the UNet2DModel in {where}: its .bin weights are a pickle that asks for more than "
+                f"tensors ({unsafe}), and loading it could run code, so it was refused. Save the weights as "
+                "safetensors (unet.save_pretrained(..., safe_serialization=True)) from a trusted copy"
+            ) from None
         reason = str(e).strip().splitlines()[0].rstrip(". ") if str(e).strip() else type(e).__name__
         raise ValueError(
             f"cannot load the UNet2DModel in {where}: {reason}. It needs config.json and "

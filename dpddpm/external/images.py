@@ -21,14 +21,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import npz_arrays
+
 CIFAR_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".png",)
 CIFAR_FIX = "extract cifar-10-python.tar.gz again (https://www.cs.toronto.edu/~kriz/cifar.html)"
 
 #: errors of opening a path at all, as opposed to parsing what it holds
 _ACCESS_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError)
-#: what numpy, zipfile, pickle and Pillow raise on truncated or corrupt bytes (Pillow: OSError, SyntaxError)
-_CORRUPT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
+#: what numpy, zipfile, pickle and Pillow raise on truncated or corrupt bytes (Pillow: OSError, SyntaxError;
+#: pickle: TypeError, IndexError, KeyError, AttributeError when allowed globals are called with bad arguments)
+_CORRUPT_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+    OverflowError,
+    zipfile.BadZipFile,
+    zlib.error,
+    pickle.UnpicklingError,
+)
+#: the most pixels one PNG may have (8192 x 8192): larger is no DDPM's data, and may be a decompression bomb
+MAX_PNG_PIXELS = 8192 * 8192
+#: the largest CIFAR-10 batch file (bytes): a real one is 31 MB
+MAX_CIFAR_BATCH_BYTES = 256 * 2**20
+
+
+class _Refused(ValueError):
+    """A readable file that dpddpm refuses to load (too large): passed through :func:`_reading` unchanged."""
 
 
 @contextlib.contextmanager
@@ -39,11 +64,17 @@ def _reading(path: Path, what: str, fix: str) -> Iterator[None]:
     """
     try:
         yield
+    except _Refused:
+        raise
     except _ACCESS_ERRORS as exc:  # the path itself: never call such a file corrupt
         raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except _CORRUPT_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path} is not a readable {what} ({reason}): it is truncated or corrupt; {fix}") from None
+    except Exception as exc:  # Pillow's DecompressionBombError: an image too large to decode safely
+        if type(exc).__name__ != "DecompressionBombError":
+            raise
+        raise ValueError(f"{path} is too large an image to decode safely ({exc}); {fix}") from None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -113,11 +144,22 @@ def load_cifar10(folder: str | Path, split: str = "train", limit: int | None = N
         path = folder / name
         if not path.exists():
             raise FileNotFoundError(f"CIFAR-10 batch {path} is missing; {CIFAR_FIX}")
+        if path.is_file() and path.stat().st_size > MAX_CIFAR_BATCH_BYTES:
+            raise ValueError(f"{path} is far larger than a CIFAR-10 python batch; {CIFAR_FIX}")
         with _reading(path, "CIFAR-10 python batch", CIFAR_FIX), open(path, "rb") as fh:
-            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+            try:
+                batch = _ArrayUnpickler(fh, encoding="bytes").load()
+            except MemoryError:  # a damaged length field: the batch file itself is bounded in size
+                raise pickle.UnpicklingError("a length field asks for more memory than the file holds") from None
         if not isinstance(batch, dict) or b"data" not in batch:
             raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' entry); {CIFAR_FIX}")
-        parts.append(np.asarray(batch[b"data"], dtype=np.uint8))
+        data = batch[b"data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1:] != (3072,):
+            what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise ValueError(f"{path}: its b'data' entry is {what}, not uint8 rows of 3072 pixels; {CIFAR_FIX}")
+        if len(data) == 0:
+            raise ValueError(f"{path} holds no images; {CIFAR_FIX}")
+        parts.append(data)
         total += len(parts[-1])
         if limit is not None and total >= limit:
             break
@@ -128,26 +170,24 @@ def load_npz(path: str | Path, key: str | None = None, limit: int | None = None)
     """uint8 images from an ``.npz`` file: ``key``, else ``"data"`` (downsampled ImageNet), else its only array."""
     path = Path(path)
     fix = "copy it again, or re-create it with np.savez"
+    with _reading(path, ".npz file", fix), zipfile.ZipFile(path) as archive:  # names first, arrays unread
+        names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+    if key is None:
+        if "data" in names:
+            key = "data"
+        elif len(names) == 1:
+            key = names[0]
+        else:
+            raise ValueError(f"{path} holds several arrays ({', '.join(names)}); say which one (split=KEY)")
+    if key not in names:
+        raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(names) or 'none'}")
+    # npz_arrays checks the header's declared size against the file before allocating anything
     with _reading(path, ".npz file", fix):
-        with open(path, "rb") as fh:
-            zipped = fh.read(4) == b"PK\x03\x04"
-        # np.load reads anything else as a pickle and then suggests allow_pickle=True: unsafe advice
-        if not zipped:
-            raise ValueError("not a zip archive of .npy arrays")
-        f = np.load(path, allow_pickle=False)
-    with f:
-        names = list(f.files)
-        if key is None:
-            if "data" in names:
-                key = "data"
-            elif len(names) == 1:
-                key = names[0]
-            else:
-                raise ValueError(f"{path} holds several arrays ({', '.join(names)}); say which one (split=KEY)")
-        if key not in names:
-            raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(names)}")
-        with _reading(path, ".npz file", fix):
-            arr = f[key]
+        arr = npz_arrays(path, [key])[key]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{path}: array {key!r} has dtype {arr.dtype}; expected 8-bit images (uint8)")
+    if arr.shape and arr.shape[0] == 0:
+        raise ValueError(f"{path}: array {key!r} holds no images")
     return to_unit_range(_limit(_to_nchw(arr, str(path)), limit))
 
 
@@ -167,15 +207,18 @@ def load_png_folder(folder: str | Path, limit: int | None = None) -> torch.Tenso
     images, first = [], None
     for p in files:
         with _reading(p, "PNG image", "replace it, or remove it from the folder"), Image.open(p) as im:
+            if im.width * im.height > MAX_PNG_PIXELS:  # the header alone is read so far: refuse before decoding
+                raise _Refused(
+                    f"{p} is {im.width} x {im.height} pixels, more than {MAX_PNG_PIXELS} (a decompression bomb, or "
+                    "not a data set's image); remove it from the folder"
+                )
             gray = im.mode in ("1", "L", "I", "I;16", "LA")
             arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if first is None:
             first = (p, arr.shape)
         elif arr.shape != first[1]:
-            raise ValueError(
-                f"inconsistent image sizes: {first[0].name} is {first[1]} (C, H, W) but {p.name} is {arr.shape}"
-            )
+            raise ValueError(f"inconsistent image sizes: {first[0]} is {first[1]} (C, H, W) but {p} is {arr.shape}")
         images.append(arr)
     return to_unit_range(np.stack(images))
 

@@ -199,6 +199,18 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
+def _check_values(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights that are not floating point or not finite: the network would compute nothing sensible."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise CheckpointMismatchError(
+                f"checkpoint {path}: weight {name} has dtype {tensor.dtype}, not floating point; the file is "
+                "damaged or not an improved-diffusion checkpoint"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"checkpoint {path}: weight {name} holds NaN or Inf values; the file is damaged")
+
+
 def load_improved_diffusion(
     path: str | os.PathLike,
     preset: str | None = None,
@@ -218,7 +230,7 @@ def load_improved_diffusion(
             defaults of ``model_and_diffusion_defaults()``.
 
     Returns:
-        a DDPM in eval mode: variance ``learned_range`` if ``learn_sigma`` else ``fixed_small`` if
+        a DDPM in eval mode, with variance ``learned_range`` if ``learn_sigma`` else ``fixed_small`` if
         ``sigma_small`` else ``fixed_large``; time input ``(t - 1) * 1000 / T`` if ``rescale_timesteps`` else
         ``t - 1``; data shape (3, image_size, image_size).
 
@@ -235,6 +247,7 @@ def load_improved_diffusion(
     expected = _meta_shapes(f)
     if any(_mismatch(expected, state)):
         raise CheckpointMismatchError(_mismatch_message(path, f, state, expected))
+    _check_values(path, state)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):  # no random initialisation: the weights are assigned from the file
         net = build_improved_diffusion_unet(**f)
