@@ -114,7 +114,9 @@ def test_every_path_in_the_notice_exists() -> None:
     assert not missing, f"NOTICE.md names files that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("folder", ["tests/data", "dpddpm/digits/weights", "dpddpm/photos/data", "book/_static/mathjax", "results"])
+@pytest.mark.parametrize(
+    "folder", ["tests/data", "dpddpm/digits/weights", "dpddpm/photos/data", "book/_static/mathjax", "results"]
+)
 def test_every_third_party_or_derived_file_is_in_the_notice(folder: str) -> None:
     """Data, weights, vendored code and results: each file is attributed in NOTICE.md."""
     patterns = _notice_patterns()
