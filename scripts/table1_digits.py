@@ -154,9 +154,10 @@ def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
     table = {
         "dpddpm_version": dpddpm.__version__,
         "paper": (
-            "this book's protocol modelled on Table 1 of Watson et al. 2021 (DP-optimal schedules against the even "
-            "and quadratic strides, by test ELBO), run on the bundled digits models and data, not the paper's "
-            "models or data"
+            "this book's own protocol: DP-optimal schedules (the method of Watson et al. 2021) against the even "
+            "and quadratic strides, by test ELBO, run on the bundled digits models and data, not the paper's "
+            "models or data; only the paper's abstract was available, so nothing here is a reproduction of its "
+            "tables"
         ),
         "baseline": {"bpd": bpd, "stderr": stderr, "model": "per-pixel categorical, add-one, fit on train"},
         "models": {name: run_model(name, selection, test, fresh_full) for name in models},
