@@ -1,4 +1,4 @@
-"""Table 1 of Watson et al. (2021) measured on the bundled digits models, by `dpddpm.reproduce`, extended.
+"""DP-optimal schedules against fixed strides on the bundled digits models (this book's protocol), by `dpddpm.reproduce`.
 
 For each model, `dpddpm.reproduce` on the digits selection split (the cost matrix, seed 0) and test split: the
 DP's optimal schedules for every K <= 256, and for K in {4, 8, ..., 256} the test ELBO (bits/dim, ± standard
@@ -113,7 +113,7 @@ def markdown(table: dict) -> str:
     """The whole table: what it measures, the baseline, then each model's reproduce table."""
     base = table["baseline"]
     lines = [
-        "# Table 1 on the bundled digits models",
+        "# DP schedules against fixed strides on the bundled digits models (this book's protocol)",
         "",
         "`dpddpm.reproduce` on each bundled model: DP schedules chosen on a cost matrix of the digits selection "
         "split, every schedule's test ELBO with fresh noise on the test split, and its in-sample value with "
