@@ -1,4 +1,4 @@
-"""DP-optimal schedules against fixed strides on the bundled digits models (this book's protocol), by `dpddpm.reproduce`.
+"""DP-optimal schedules against fixed strides on the bundled digits models (this book's protocol), by reproduce.
 
 For each model, `dpddpm.reproduce` on the digits selection split (the cost matrix, seed 0) and test split: the
 DP's optimal schedules for every K <= 256, and for K in {4, 8, ..., 256} the test ELBO (bits/dim, ± standard
