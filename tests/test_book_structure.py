@@ -89,3 +89,12 @@ def test_every_page_is_in_the_table_of_contents() -> None:
     toc = _text(ROOT / "_toc.yml")
     for page in PAGES:
         assert f"book/{page.stem}" in toc, f"{page.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_run_time_agrees_with_the_intro(chapter: Path) -> None:
+    """The objectives box and the intro's path table give the same run time for a chapter."""
+    box = re.search(r"\*\*Runs in:\*\* about (\d+) s", _text(chapter))
+    row = re.search(r"^\| [^|]+ \| \{doc\}`" + chapter.stem + r"` \|.*\| (\d+) s \|$", _text(BOOK / "intro.md"), re.M)
+    assert box and row, "a run time in the objectives box and in the intro's table"
+    assert box.group(1) == row.group(1)
