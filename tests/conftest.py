@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 BOOK_DIR = (Path(__file__).resolve().parent.parent / "book").resolve()
 
 
@@ -78,3 +80,14 @@ def pytest_configure(config):
         return
     if not config.pluginmanager.has_plugin("dpddpm-book"):
         config.pluginmanager.register(_BookPlugin(), "dpddpm-book")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: small ops run faster so on shared cores, and training is deterministic."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASELINES = {32: ROOT / "results" / "photos_baselines.json", 16: ROOT / "results" / "photos_baselines_16.json"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Determinism is claimed for one thread; small ops are faster that way on shared cores too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # --- data ------------------------------------------------------------------------------------------------------

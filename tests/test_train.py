@@ -16,14 +16,7 @@ from dpddpm.digits.objective import ScheduleTable, vlb_terms
 from dpddpm.digits.train import Recipe, make_model, train
 from dpddpm.gaussian import predict_x0, q_sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops dominate here; one thread avoids OpenMP overhead on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_split_is_fixed_disjoint_and_scaled():
