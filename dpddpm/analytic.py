@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from .costmatrix import CostMatrix
 from .costs import CostRun, row_generator
 from .files import read_json, write_json
@@ -323,6 +324,7 @@ def fit_analytic_variances(
         "weights_fingerprint": weights,
         "seed": costs.info.seed,
         "model_variance": model.variance,
+        "dpddpm_version": __version__,
     }
     return AnalyticVariances(mse=costs.mse, decoder_log_variance=log_var, info=info)
 

@@ -90,6 +90,7 @@ def test_zero_call_analytic_matrix_equals_a_full_run_of_the_analytic_model(varia
     model, data = tiny_model(T=12, variance=variance), discrete_data(40)
     costs = dpddpm.cost_matrix(model, data, progress=False, batch_size=64)
     variances = dpddpm.fit_analytic_variances(model, data, costs)
+    assert variances.info["dpddpm_version"] == dpddpm.__version__  # saved with the variances file
     fast = dpddpm.analytic_costs(costs, variances, model, data)
     full = dpddpm.cost_matrix(dpddpm.with_analytic_variances(model, variances), data, progress=False, batch_size=64)
     assert_costs_close(fast, full)

@@ -102,6 +102,7 @@ def test_schedule_elbo_sample_export(tiny, tmp_path, capsys):
     best = dpddpm.optimal_schedules(dpddpm.CostMatrix.load(costs), 4)
     assert saved["schedule"] == best.schedule(4).tolist()
     assert saved["bpd"] == pytest.approx(best.bpd(4))
+    assert saved["dpddpm_version"] == dpddpm.__version__  # every results file records its maker
 
     assert (
         cli.main(
@@ -111,6 +112,7 @@ def test_schedule_elbo_sample_export(tiny, tmp_path, capsys):
     )
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["bpd"] == pytest.approx(dpddpm.elbo(model, data, best.schedule(4)).bpd)
+    assert e["dpddpm_version"] == dpddpm.__version__
     for spec in (["--even", "3"], ["--quadratic", "3"], ["--costs", str(costs), "--steps", "3"]):
         assert cli.main(["elbo", *MODEL, "--quiet", *spec]) == 0
 

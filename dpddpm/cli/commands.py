@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..files import atomic_write, claim_output, npz_path, write_json
 from ..sharding import Shard
 from . import inputs
@@ -133,7 +134,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         f"--costs {args.costs} --steps {K} --in-sample)"
     )
     if args.json:
-        write_json(args.json, {"T": costs.T, "K": K, "start": args.start, "bpd": bpd, "schedule": _times(sched)})
+        doc = {"T": costs.T, "K": K, "start": args.start, "bpd": bpd, "schedule": _times(sched)}
+        write_json(args.json, {**doc, "dpddpm_version": __version__})
     return 0
 
 
@@ -176,6 +178,7 @@ def cmd_elbo(args: argparse.Namespace) -> int:
                 "in_sample": bool(args.in_sample),
                 "schedule": _times(sched),
                 "terms": est.terms.tolist(),
+                "dpddpm_version": __version__,
             },
         )
     return 0

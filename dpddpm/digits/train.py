@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..evaluate import elbo
 from ..files import atomic_write
 from ..gaussian import predict_x0, q_sample
@@ -166,6 +167,7 @@ def train(
     variance = min(quick_best, key=quick_best.get)
     card = {
         "name": recipe.name,
+        "dpddpm_version": __version__,
         "paper": "Watson et al. 2021 (arXiv 2106.03802), models as Nichol & Dhariwal 2021",
         "data": {
             "source": "sklearn.datasets.load_digits",

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
 from ..digits.objective import QuickELBO, ScheduleTable, vlb_terms
 from ..external.unet import UNetModel
 from ..files import Terminated, atomic_write, claim_output, signals_ignored, sigterm_raises
@@ -361,6 +362,7 @@ def model_card(trainer: Trainer, weights: bytes, variance: VarianceKind, quick_b
     n_steps_timed = max(1, st.step)
     return {
         "name": r.name,
+        "dpddpm_version": __version__,
         "paper": "Watson et al. 2021 (arXiv 2106.03802); models as Nichol & Dhariwal 2021 (improved-diffusion)",
         "data": {
             "source": "tiny photographs (dpddpm.photos.data): crops of photographs shipped by scikit-image, "
