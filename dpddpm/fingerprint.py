@@ -17,14 +17,18 @@ from .model import DDPM
 DIGEST_CHARS = 16  # 64 bits: collisions are out of reach for the handful of files a user compares
 
 
+def _levels(data: torch.Tensor, num_bins: int) -> np.ndarray:
+    """The integer levels 0 .. num_bins - 1 of data in [-1, 1], int32 with data's shape, on the CPU."""
+    return torch.round((data.detach().cpu().double() + 1.0) * ((num_bins - 1) / 2.0)).to(torch.int32).numpy()
+
+
 def data_fingerprint(data: torch.Tensor, num_bins: int) -> str:
     """Hash of data (N, ...) in [-1, 1] on the ``num_bins`` grid, taken over the integer levels and the shape.
 
     Float32 and float64 copies of the same images give the same fingerprint.
     """
-    levels = torch.round((data.detach().cpu().double() + 1.0) * ((num_bins - 1) / 2.0))
     h = hashlib.sha256(repr((tuple(data.shape), int(num_bins))).encode())
-    h.update(levels.to(torch.int32).numpy().tobytes())
+    h.update(_levels(data, num_bins).tobytes())
     return h.hexdigest()[:DIGEST_CHARS]
 
 
@@ -34,7 +38,7 @@ def image_hashes(data: torch.Tensor, num_bins: int) -> np.ndarray:
     Recorded in cost-matrix files so that a merge of data shards can refuse shards that share an image (a
     whole-set fingerprint cannot see overlap). Equal images give equal hashes, wherever they are in the data.
     """
-    levels = torch.round((data.detach().cpu().double() + 1.0) * ((num_bins - 1) / 2.0)).to(torch.int32).numpy()
+    levels = _levels(data, num_bins)
     prefix = repr((tuple(data.shape[1:]), int(num_bins))).encode()
     out = np.empty(levels.shape[0], dtype=np.uint64)
     for i, image in enumerate(levels.reshape(levels.shape[0], -1)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .types import VARIANCE_KINDS
+from .validation import MAX_SEED, check_int
 
 #: the fields that identify the model and how it was run: parts of one merge must agree on all of them
 MODEL_FIELDS = ("variance", "num_bins", "clip_denoised", "weights_fingerprint", "autocast")
@@ -156,7 +156,7 @@ def _declared_types() -> dict[str, type]:
 _FIELD_TYPES = _declared_types()
 
 #: the values a field may take beyond its type: (low, high) for ints, the allowed strings for choices
-_INT_RANGES = {"T": (1, 2**31), "num_bins": (2, 2**31), "seed": (0, 2**63 - 1), "N": (1, 2**63 - 1)}
+_INT_RANGES = {"T": (1, 2**31), "num_bins": (2, 2**31), "seed": (0, MAX_SEED), "N": (1, 2**63 - 1)}
 _CHOICES = {
     "variance": VARIANCE_KINDS,
     "autocast": ("bf16", "fp16"),
@@ -171,12 +171,8 @@ def _checked(name: str, value: Any) -> Any:
             raise TypeError(f"run info {name!r} must be true or false, got {value!r}")
         return bool(value)
     if kind is int:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"run info {name!r} must be an integer, got {value!r}")
         low, high = _INT_RANGES.get(name, (None, None))
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"run info {name!r} must lie in {low}..{high}, got {value}")
-        return int(value)
+        return check_int(value, f"run info {name!r}", low=low, high=high)
     if kind is str:
         if not isinstance(value, str):
             raise TypeError(f"run info {name!r} must be a string, got {value!r}")

@@ -89,18 +89,15 @@ def load_model(args: argparse.Namespace) -> DDPM:
     if not getattr(args, "variances", None):
         return model
     from ..analytic import AnalyticVariances, with_analytic_variances
-    from ..fingerprint import model_fingerprint
 
     file = require_file(args.variances, "analytic-variances file")
     variances = AnalyticVariances.load(file)  # refuses a file that records no weights fingerprint
-    if variances.T != model.T:
-        raise UsageError(f"the variances in {file} are for T = {variances.T}, the model has T = {model.T}")
-    if variances.info["weights_fingerprint"] != model_fingerprint(model):
+    try:  # the library checks T and the weights fingerprint; here the message gains the file and the fix
+        return with_analytic_variances(model, variances)
+    except ValueError as exc:
         raise UsageError(
-            f"the variances in {file} were fitted for another model (its weights fingerprint differs); fit them "
-            "for this model with dpddpm fit-variances"
-        )
-    return with_analytic_variances(model, variances)
+            f"{file} does not fit this model: {exc}; fit them for this model with dpddpm fit-variances"
+        ) from None
 
 
 def _load_base_model(args: argparse.Namespace) -> DDPM:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..digits.net import count_parameters
 from ..digits.objective import QuickELBO, ScheduleTable, vlb_terms
 from ..external.unet import UNetModel
 from ..files import Terminated, atomic_write, claim_output, signals_ignored, sigterm_raises
@@ -123,10 +124,6 @@ def make_model(recipe: Recipe, variance: VarianceKind | None = None) -> DDPM:
         clip_denoised=True,
         outputs_variance=recipe.learn_sigma,
     )
-
-
-def count_parameters(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 def tensor_sha256(x: torch.Tensor) -> str:
