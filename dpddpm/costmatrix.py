@@ -313,14 +313,13 @@ class CostMatrix:
 _ARRAYS = {
     1: (
         {"meta", "kl", "decoder", "prior"},
-        {"stderr", "decoder_stderr", "prior_stderr", "counts", "mse", "mse_stderr"},
+        {"stderr", "decoder_stderr", "prior_stderr", "counts", "mse", "mse_stderr", "image_hashes"},
     ),
     2: (
         {"meta", "rows", "kl_packed", "decoder", "prior", "counts"},
         {"stderr_packed", "decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"},
     ),
 }
-_ARRAYS[1][1].add("image_hashes")
 #: the largest T a file may declare (a (T+1, T+1) float64 matrix of T = 2**15 takes 8 GiB)
 MAX_T = 2**15
 

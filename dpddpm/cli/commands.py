@@ -134,8 +134,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         f"--costs {args.costs} --steps {K} --in-sample)"
     )
     if args.json:
-        doc = {"T": costs.T, "K": K, "start": args.start, "bpd": bpd, "schedule": _times(sched)}
-        write_json(args.json, {**doc, "dpddpm_version": __version__})
+        doc = {
+            "T": costs.T,
+            "K": K,
+            "start": args.start,
+            "bpd": bpd,
+            "schedule": _times(sched),
+            "dpddpm_version": __version__,
+        }
+        write_json(args.json, doc)
     return 0
 
 
@@ -191,8 +198,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise UsageError(f"--out must end in .png or .npy, got {out.name}")
-    if args.n < 1:
-        raise UsageError(f"-n must be >= 1, got {args.n}")
     if out.suffix == ".png" and args.n > MAX_GRID:
         raise UsageError(f"a PNG grid holds at most {MAX_GRID} samples, got -n {args.n}; write .npy instead")
     if args.ddim and args.variances:
