@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .model import DDPM
+from .runinfo import RunInfo
 
 DIGEST_CHARS = 16  # 64 bits: collisions are out of reach for the handful of files a user compares
 
@@ -59,3 +60,35 @@ def model_fingerprint(model: DDPM) -> str:
     if model.analytic is not None:  # frozen analytic variances are part of what defines the model
         h.update(f"analytic:{model.analytic.fingerprint()}".encode())
     return h.hexdigest()[:DIGEST_CHARS]
+
+
+#: the fields of a matrix's run info that its model decides, and those its data decide
+MODEL_IDENTITY = ("variance", "num_bins", "clip_denoised", "weights_fingerprint")
+DATA_IDENTITY = ("N", "data_fingerprint")
+
+
+def mismatches(
+    info: RunInfo, model: DDPM, data: torch.Tensor | None = None, fields: tuple[str, ...] = MODEL_IDENTITY
+) -> tuple[list[str], RunInfo]:
+    """The one check that a model (and data) fit a cost matrix's run info.
+
+    Compares only what ``info`` records (a field it leaves None is not checked), so hand-built and merged
+    matrices pass on what they know. The weights are hashed only when ``info`` records their fingerprint (a pass
+    over every parameter).
+
+    Args:
+        info: the matrix's :class:`~dpddpm.runinfo.RunInfo`.
+        model: the model to check; ``data`` (N, *data_shape) the images to check, for :data:`DATA_IDENTITY`.
+        fields: the fields to compare, among :data:`MODEL_IDENTITY` and :data:`DATA_IDENTITY`.
+    Returns:
+        (the names of the fields that differ, the run info the model and data would give) — callers word the
+        error for their context with :meth:`RunInfo.describe`.
+    """
+    ours = {"variance": model.variance, "num_bins": model.num_bins, "clip_denoised": model.clip_denoised}
+    recorded = [f for f in fields if getattr(info, f) is not None]
+    if "weights_fingerprint" in recorded:
+        ours["weights_fingerprint"] = model_fingerprint(model)
+    if data is not None:
+        ours.update(N=int(data.shape[0]), data_fingerprint=data_fingerprint(data, model.num_bins))
+    mine = info.replace(**{k: v for k, v in ours.items() if k in fields})
+    return [f for f in recorded if getattr(info, f) != getattr(mine, f)], mine

@@ -37,6 +37,25 @@ def pool(n_a: A, mean_a: A, m2_a: A, n_b: A, mean_b: A, m2_b: A) -> tuple[A, A, 
     return n, mean_a + delta * share, m2_a + m2_b + delta * delta * (n_a * share)
 
 
+def sem(values) -> float:
+    """Standard error of the mean of independent values (a 1-D array, list or tensor): std (ddof = 1) / sqrt(n).
+
+    The one helper for every standard error over independent units (images, sample seeds); NaN for fewer than two.
+    """
+    v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"sem takes a 1-D set of values, got shape {v.shape}")
+    return float(v.std(ddof=1) / np.sqrt(v.shape[0])) if v.shape[0] > 1 else float("nan")
+
+
+def sem_columns(values: torch.Tensor) -> np.ndarray:
+    """:func:`sem` of each column of a (n, S) tensor, float64 numpy (S,); NaN everywhere for n < 2."""
+    n = values.shape[0]
+    if n < 2:
+        return np.full(values.shape[1], np.nan)
+    return (values.double().std(dim=0) / np.sqrt(n)).cpu().numpy()
+
+
 def standard_error(n, m2: np.ndarray) -> np.ndarray:
     """Standard error of the mean, sqrt(M2 / (n (n - 1))); NaN where fewer than two samples. float64 numpy."""
     n = np.asarray(n, dtype=np.float64)  # n (n - 1) is exact in float64 for any count that fits in memory
