@@ -1,4 +1,4 @@
-"""The digits sample-quality score (`dpddpm.quality`) for 1,000 samples: features, FID against the test split,
+"""The digits sample-quality score (`dpddpm.digits.quality`) for 1,000 samples: features, FID against the test split,
 and confidence.
 
 Timed: building the score (loading the classifier and checking its sha256); the first call, which also computes
@@ -18,7 +18,7 @@ import torch
 from common import pick_device, timed, write
 
 from dpddpm.digits import digits_split
-from dpddpm.quality import DigitsScore, add_noise
+from dpddpm.digits.quality import DigitsScore, add_noise
 
 
 def main() -> None:

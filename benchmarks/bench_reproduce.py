@@ -59,7 +59,7 @@ def main() -> None:
             progress=False,
             name=name,
         )
-    t = res["timing"]
+    t = res.timing.to_dict()
     write(
         "bench_reproduce",
         device,
@@ -68,11 +68,11 @@ def main() -> None:
             "n_selection": n_sel,
             "n_test": n_test,
             "batch_size": batch,
-            "T": res["T"],
-            "steps": [r["K"] for r in res["rows"]],
+            "T": res.T,
+            "steps": [r.K for r in res.rows],
             "full_chain": not args.skip_full,
             **t,
-            "ratio": t["total_ratio"],
+            "ratio": res.timing.total_ratio,
             "target_ratio_gpu": 1.2,
         },
     )

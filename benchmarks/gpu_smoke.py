@@ -69,7 +69,7 @@ def main() -> None:
     # 3. two row shards merge to the whole
     rows = np.arange(1, model.T + 1)
     parts = [dpddpm.cost_matrix(model, data, device=device, progress=False, rows=rows[rows % 2 == r]) for r in (0, 1)]
-    merged = dpddpm.CostMatrix.merge(parts)
+    merged = dpddpm.merge_costs(parts)
     whole, parts_merged = entries(costs), entries(merged)
     valid = np.isfinite(whole)
     same_valid = bool(np.array_equal(valid, np.isfinite(parts_merged)))

@@ -2,9 +2,9 @@
 
 from ._version import __version__ as __version__  # set in _version.py only
 from .analytic import AnalyticVariances, analytic_costs, fit_analytic_variances, with_analytic_variances
-from .checkpoint import cost_matrix_resumable
+from .checkpoint import cost_matrix, cost_matrix_resumable
 from .costmatrix import CostMatrix
-from .costs import CostRun, cost_matrix
+from .costs import CostRun
 from .digits import PRETRAINED, digits_split, load_pretrained, model_card
 from .dp import OptimalSchedules, optimal_schedules, schedule_bpd, schedule_terms
 from .evaluate import ELBOEstimate, elbo, in_sample_elbo
@@ -21,8 +21,9 @@ from .external import (
     load_improved_diffusion,
     to_diffusers_timesteps,
 )
+from .merge import merge as merge_costs
 from .model import DDPM
-from .reproduce import reproduce
+from .reproduce import ReproduceOptions, ReproduceResults, reproduce
 from .runinfo import RunInfo
 from .sampling import ddim_sample, sample
 from .schedule import NoiseSchedule
@@ -36,6 +37,7 @@ __all__ = [
     "NoiseSchedule",
     "OptimalSchedules",
     "cost_matrix",
+    "merge_costs",
     "ddim_sample",
     "edge_bpd",
     "elbo",
@@ -61,6 +63,8 @@ __all__ = [
     "load_pretrained",
     "model_card",
     "reproduce",
+    "ReproduceOptions",
+    "ReproduceResults",
     "ddim_schedule",
     "RunInfo",
     "CostRun",

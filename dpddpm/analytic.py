@@ -31,11 +31,7 @@ here m_t is measured on data, which is what the expected KL over that data asks 
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,148 +40,25 @@ import torch
 from ._version import __version__
 from .costmatrix import CostMatrix
 from .costs import CostRun, row_generator
-from .files import read_json, write_json
-from .fingerprint import data_fingerprint, model_fingerprint
-from .gaussian import discretized_gaussian_nll, predict_x0, q_sample
+from .fingerprint import data_fingerprint, mismatches, model_fingerprint
+from .gaussian import discretized_gaussian_nll
 from .model import DDPM, model_on, resolve_device
+from .netpass import network_pass
 from .schedule import NoiseSchedule
 from .terms import LN2
-from .validation import check_batch_size, check_data, check_int
+from .validation import check_batch_size, check_data
+from .variances import AnalyticVariances, FitInfo
 
-#: the decoder's log variance must lie in this range (a standard deviation from 1e-13 to 2.7 data units, the data
-#: spanning [-1, 1]); the fit searches [log(1e-3 bin^2), log 4]
-DECODER_LOG_VARIANCE_RANGE = (-60.0, 2.0)
-
-FORMAT = "dpddpm-analytic-variances"
-
-
-def snr(sched: NoiseSchedule, t: int | np.ndarray) -> np.ndarray:
-    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), float64, for 1-based t (0 <= t <= T; SNR(0) = inf)."""
-    ab = np.asarray(sched.alpha_bar, dtype=np.float64)[np.asarray(t)]
-    with np.errstate(divide="ignore"):
-        return ab / (1.0 - ab)
-
-
-def snr_gap(sched: NoiseSchedule, t: int, s: int | np.ndarray) -> np.ndarray:
-    """SNR(s) - SNR(t) of the jumps t -> s, computed as c1^2 / beta~_{s|t}.
-
-    The same number as ``snr(sched, s) - snr(sched, t)``, but without its cancellation near t = T, where both
-    SNRs are ~1e-8 and close (the difference then keeps only a few digits; measured: 1e-3 relative).
-    """
-    j = sched.jump(t, s)
-    return np.asarray(j.c1**2 / j.beta_post, dtype=np.float64)
-
-
-@dataclass(frozen=True, eq=False)
-class AnalyticVariances:
-    """Frozen per-time errors of x^_0, and the decoder's variance, fitted on one data set.
-
-    Attributes:
-        mse: float64 (T + 1,); mse[t] = m_t, the mean over images and dimensions of (x_0 - x^_0(x_t))^2 at time
-            t, for 1 <= t <= T (mse[0] is NaN). Data units ([-1, 1] scale), squared.
-        decoder_log_variance: log sigma^2 of the decoder p(x_0 | x_1), per dimension.
-        info: where they were fitted: ``data_fingerprint``, ``N``, ``weights_fingerprint``, ``seed``, ``T``.
-    """
-
-    mse: np.ndarray
-    decoder_log_variance: float
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        mse = np.array(self.mse, dtype=np.float64)
-        if mse.ndim != 1 or mse.shape[0] < 3:
-            raise ValueError(f"mse must be a (T + 1,) vector with T >= 2, got shape {mse.shape}")
-        mse[0] = np.nan
-        if not np.all(np.isfinite(mse[1:])) or np.any(mse[1:] < 0):
-            raise ValueError("mse must be finite and >= 0 for every 1 <= t <= T")
-        dlv = self.decoder_log_variance
-        if isinstance(dlv, bool) or not isinstance(dlv, (int, float, np.floating, np.integer)):
-            raise TypeError(f"decoder_log_variance must be a number, got {dlv!r}")
-        low, high = DECODER_LOG_VARIANCE_RANGE
-        if not math.isfinite(float(dlv)) or not low <= float(dlv) <= high:
-            raise ValueError(f"decoder_log_variance must be finite and lie in [{low}, {high}], got {dlv}")
-        if not isinstance(self.info, dict):
-            raise TypeError(f"info must be a dict, got {type(self.info).__name__}")
-        mse.setflags(write=False)
-        object.__setattr__(self, "mse", mse)
-        object.__setattr__(self, "decoder_log_variance", float(self.decoder_log_variance))
-
-    @property
-    def T(self) -> int:
-        return self.mse.shape[0] - 1
-
-    def variance(self, sched: NoiseSchedule, t: int, s: int | np.ndarray) -> np.ndarray:
-        """sigma*^2 = beta~_{s|t} + c1^2 m_t of the jumps t -> s (float64, shape of s)."""
-        j = sched.jump(t, s)
-        return np.asarray(j.beta_post + j.c1**2 * self.mse[t], dtype=np.float64)
-
-    def log_variance(self, sched: NoiseSchedule, t: int, s: int) -> float:
-        """log sigma^2 of the jump t -> s, or of the decoder for (t, s) = (1, 0)."""
-        if s == 0:
-            return self.decoder_log_variance
-        return float(np.log(self.variance(sched, t, s)))
-
-    def fingerprint(self) -> str:
-        """A hash of the fitted values (recorded in the weights fingerprint of a model that uses them)."""
-        h = hashlib.sha256(np.ascontiguousarray(np.nan_to_num(self.mse, nan=-1.0)).tobytes())
-        h.update(repr(self.decoder_log_variance).encode())
-        return h.hexdigest()[:16]
-
-    # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a JSON file (atomically): the curve, the decoder variance and where they were fitted."""
-        doc = {
-            "format": FORMAT,
-            "T": self.T,
-            "decoder_log_variance": self.decoder_log_variance,
-            "mse": [None] + [float(m) for m in self.mse[1:]],
-            "info": self.info,
-        }
-        return write_json(Path(path), doc)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> AnalyticVariances:
-        """Read a file written by :meth:`save`, checking the type and range of every field.
-
-        The file must record the weights fingerprint of the model it was fitted for (every file that
-        :func:`fit_analytic_variances` writes does), so that it is never applied to another model unchecked.
-
-        Raises:
-            ValueError: not such a file, or a field missing, of the wrong type or out of range (names the file).
-        """
-        doc = read_json(Path(path), "the analytic-variances file")
-        fix = "make it again with `dpddpm fit-variances`"
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dpddpm analytic-variances file; {fix}")
-        try:
-            return cls(**_fields(doc))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"the analytic-variances file {path} is damaged: {exc}; {fix}") from None
-
-
-def _fields(doc: dict[str, Any]) -> dict[str, Any]:
-    """The constructor's arguments from a variances file's JSON object, each checked for its type."""
-    T = check_int(doc.get("T"), "T", low=2, high=2**20)
-    mse = doc.get("mse")
-    if not isinstance(mse, list) or len(mse) != T + 1:
-        raise ValueError(f"'mse' must be a list of T + 1 = {T + 1} entries (null, then m_1 .. m_T)")
-    values = mse[1:]
-    if mse[0] is not None or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in values):
-        raise ValueError("'mse' must be null followed by T numbers")
-    if "decoder_log_variance" not in doc:
-        raise ValueError("no 'decoder_log_variance'")
-    info = doc.get("info")
-    if not isinstance(info, dict):
-        raise ValueError("'info' must be an object recording where the variances were fitted")
-    if not isinstance(info.get("weights_fingerprint"), str):
-        raise ValueError("'info' records no weights_fingerprint, so the model they belong to cannot be checked")
-    if info.get("T", T) != T:
-        raise ValueError(f"'info' records T = {info.get('T')!r} but the curve has T = {T}")
-    return {
-        "mse": np.array([np.nan, *values], dtype=np.float64),
-        "decoder_log_variance": doc["decoder_log_variance"],
-        "info": info,
-    }
+__all__ = [
+    "AnalyticVariances",
+    "FitInfo",
+    "analytic_costs",
+    "analytic_edge_bpd",
+    "best_decoder_log_variance",
+    "decoder_nll_bpd",
+    "fit_analytic_variances",
+    "with_analytic_variances",
+]
 
 
 # ---------------------------------------------------------------------- the cost matrix
@@ -195,7 +68,7 @@ def analytic_edge_bpd(sched: NoiseSchedule, t: int, s: int | np.ndarray, m_fit: 
     1/2 [log(1 + d m_fit) + (1 + d m) / (1 + d m_fit) - 1] / ln 2 with d = SNR(s) - SNR(t) and m the error of the
     data it is evaluated on (default m_fit: then 1/2 log2(1 + d m_fit), the optimum).
     """
-    d = snr_gap(sched, t, s)
+    d = sched.snr_gap(t, s)
     m = m_fit if m is None else m
     # (1 + d m) / (1 + d m_fit) - 1 written as d (m - m_fit) / (1 + d m_fit): no 1 + tiny - 1 cancellation
     return 0.5 * (np.log1p(d * m_fit) + d * (m - m_fit) / (1.0 + d * m_fit)) / LN2
@@ -233,7 +106,7 @@ def analytic_costs(
     sched = model.schedule
     for t in range(2, costs.T + 1):
         s = np.arange(1, t)
-        d = snr_gap(sched, t, s)
+        d = sched.snr_gap(t, s)
         m_fit = variances.mse[t]
         mean = analytic_edge_bpd(sched, t, s, m_fit, costs.mse[t])
         stderr = 0.5 * d / (1.0 + d * m_fit) / LN2 * costs.mse_stderr[t]
@@ -256,13 +129,12 @@ def _check_same_model(costs: CostMatrix, model: DDPM) -> None:
     """Refuse a matrix that records another model's weights or settings."""
     if model.variance == "analytic":
         raise ValueError("pass the model with its own variances (the one that computed the cost matrix)")
-    if costs.info.weights_fingerprint and model_fingerprint(model) != costs.info.weights_fingerprint:
+    wrong, _ = mismatches(costs.info, model)
+    if "weights_fingerprint" in wrong:
         raise ValueError(
             "the cost matrix was computed by another model (its weights fingerprint differs); pass the model "
             "that computed it"
         )
-    ours = {"variance": model.variance, "num_bins": model.num_bins, "clip_denoised": model.clip_denoised}
-    wrong = [k for k, v in ours.items() if getattr(costs.info, k) is not None and getattr(costs.info, k) != v]
     if wrong:
         raise ValueError(f"the cost matrix was computed with other settings ({', '.join(wrong)} differ)")
 
@@ -305,27 +177,24 @@ def fit_analytic_variances(
     weights = model_fingerprint(model)  # recorded, so the variances are never applied to another model
     model = model_on(model, device)
     x0 = data.to(device=device, dtype=torch.float64).reshape(data.shape[0], -1)
-    noise = torch.randn(
-        x0.shape, generator=row_generator(int(costs.info.seed or 0), 1, device), device=device, dtype=torch.float64
+    gen = row_generator(int(costs.info.seed or 0), 1, device)  # the matrix's own row-1 noise
+    noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
+    x0_hat = torch.cat(
+        [
+            network_pass(model, 1, x0[a : a + batch_size], noise[a : a + batch_size], costs.info.autocast).x0_hat
+            for a in range(0, x0.shape[0], batch_size)
+        ]
     )
-    x0_hat = torch.empty_like(x0)
-    with torch.no_grad():
-        for a in range(0, x0.shape[0], batch_size):
-            x1 = q_sample(model.schedule, 1, x0[a : a + batch_size], noise[a : a + batch_size])
-            eps, _ = model.predict(x1.float().reshape(-1, *model.data_shape), 1)
-            x0_hat[a : a + batch_size] = predict_x0(
-                model.schedule, 1, x1, eps.reshape(x1.shape).double(), model.clip_denoised
-            )
     log_var = best_decoder_log_variance(x0, x0_hat, model.num_bins)
-    info = {
-        "T": costs.T,
-        "N": int(data.shape[0]),
-        "data_fingerprint": costs.info.data_fingerprint,
-        "weights_fingerprint": weights,
-        "seed": costs.info.seed,
-        "model_variance": model.variance,
-        "dpddpm_version": __version__,
-    }
+    info = FitInfo(
+        T=costs.T,
+        N=int(data.shape[0]),
+        data_fingerprint=costs.info.data_fingerprint,
+        weights_fingerprint=weights,
+        seed=costs.info.seed,
+        model_variance=model.variance,
+        dpddpm_version=__version__,
+    )
     return AnalyticVariances(mse=costs.mse, decoder_log_variance=log_var, info=info)
 
 
@@ -374,7 +243,7 @@ def with_analytic_variances(model: DDPM, variances: AnalyticVariances) -> DDPM:
         raise ValueError(f"the variances are for T = {variances.T}, the model has T = {model.T}")
     if model.variance == "analytic":
         raise ValueError("the model already has analytic variances; pass the model with its own variances")
-    fitted_for = variances.info.get("weights_fingerprint")
+    fitted_for = variances.info.weights_fingerprint
     if fitted_for is not None and fitted_for != model_fingerprint(model):
         raise ValueError(
             "the variances were fitted for another model (their weights fingerprint differs from this model's)"

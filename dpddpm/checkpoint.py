@@ -1,4 +1,8 @@
-"""Checkpoints of long cost-matrix runs: the layer that saves, locks and resumes around the computation.
+"""The public cost matrix, and checkpoints of long runs: the layer that saves, locks and resumes around the
+computation of :mod:`dpddpm.costs`.
+
+:func:`cost_matrix` collects the rows of a :class:`~dpddpm.costs.CostRun` in memory, or, given a
+``checkpoint`` file, hands the run to :func:`cost_matrix_resumable`.
 
 A checkpoint is an ordinary :class:`~dpddpm.costmatrix.CostMatrix` file whose unfinished rows have
 ``counts[t] = 0``. :func:`cost_matrix_resumable` takes the rows that :class:`~dpddpm.costs.CostRun` yields and
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,47 @@ from .files import claim_output, npz_path, signals_ignored, sigterm_raises
 from .model import DDPM
 from .runinfo import RUN_FIELDS, RunInfo
 from .validation import check_seconds
+
+
+def cost_matrix(
+    model: DDPM,
+    data: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    rows: Iterable[int] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    save_every: float = 60.0,
+    autocast: str | None = None,
+) -> CostMatrix:
+    """Monte-Carlo estimate of every ELBO edge cost of ``model`` on ``data``.
+
+    Args:
+        model, data, batch_size, device, seed, autocast: see :class:`~dpddpm.costs.CostRun`.
+        progress: show a progress bar over network calls.
+        rows: compute only these rows t (1 = decoder row); the result is then a partial matrix with
+            ``counts[t] = 0`` elsewhere, to be combined with :func:`dpddpm.merge_costs`.
+        checkpoint: an ``.npz`` file that completed rows are saved to (atomically) at most every
+            ``save_every`` seconds, on an interruption, and at the end (:func:`cost_matrix_resumable`).
+        resume: continue from an existing ``checkpoint``: its rows are kept and only the missing ones are
+            computed. Noise is seeded per row, so the result equals an uninterrupted run up to round-off.
+        save_every: seconds between checkpoint writes.
+    Returns:
+        a :class:`CostMatrix` of float64 bits/dim with standard errors, per-row sample counts and the run's info.
+    """
+    options = dict(rows=rows, batch_size=batch_size, device=device, seed=seed, autocast=autocast)
+    if checkpoint is not None:
+        return cost_matrix_resumable(
+            model, data, checkpoint, resume=resume, save_every=save_every, progress=progress, **options
+        )
+    run = CostRun(model, data, **options)
+    costs = run.empty()
+    for row in run.finished_rows(progress=progress):
+        costs.set_row(*row)
+    return costs
 
 
 def cost_matrix_resumable(

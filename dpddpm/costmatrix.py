@@ -1,4 +1,4 @@
-"""The matrix of ELBO edge costs that the optimizer runs on, and its file format.
+"""The matrix of ELBO edge costs that the optimizer runs on (its file format: :mod:`dpddpm.costfile`).
 
 Indexing is by 1-based time. For a model with T steps:
     kl[t, s]      = L(t, s), the KL edge t -> s, valid for 2 <= t <= T and 1 <= s < t
@@ -19,45 +19,16 @@ was passed in, so a hand-built matrix can never offer the optimizer an edge s >=
 
 from __future__ import annotations
 
-import hashlib
 import os
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .files import atomic_write, npz_arrays, npz_path, parse_json
+from .costfile import as_counts, as_hashes, as_matrix, as_vector, read_costs, valid_edges, write_costs
 from .runinfo import RunInfo
-from .validation import check_int
-
-FORMAT_VERSION = 2  # 2: only the computed rows' entries are stored; 1: full (T+1, T+1) matrices
-
-
-def _pack(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The entries matrix[t, 1:t] of the given rows, concatenated: float64 (sum(t - 1),)."""
-    if len(rows) == 0:
-        return np.zeros(0)
-    return np.concatenate([matrix[t, 1:t] for t in rows])
-
-
-def _unpack(packed: np.ndarray, rows: np.ndarray, T: int) -> np.ndarray:
-    """Inverse of :func:`_pack`: a (T+1, T+1) matrix, NaN outside the given rows."""
-    lengths = np.asarray(rows, dtype=np.int64) - 1
-    if packed.ndim != 1 or lengths.sum() != packed.size:
-        raise ValueError(f"packed rows hold {packed.size} values, expected {int(lengths.sum())}")
-    out = np.full((T + 1, T + 1), np.nan)
-    for t, chunk in zip(rows, np.split(packed, np.cumsum(lengths)[:-1])):
-        out[t, 1:t] = chunk
-    return out
-
-
-def valid_edges(T: int) -> np.ndarray:
-    """Boolean (T+1, T+1): True where an edge t -> s exists, i.e. 2 <= t <= T and 1 <= s < t."""
-    t = np.arange(T + 1)[:, None]
-    s = np.arange(T + 1)[None, :]
-    return (s >= 1) & (s < t)
 
 
 class CostMatrix:
@@ -93,20 +64,20 @@ class CostMatrix:
     ) -> None:
         if info is not None and meta is not None:
             raise TypeError("pass the run's info or its meta dict, not both")
-        self.kl = _matrix(kl, "kl")
+        self.kl = as_matrix(kl, "kl")
         n = self.kl.shape[0]
-        self.stderr = None if stderr is None else _matrix(stderr, "stderr", n)
-        self.decoder = _vector(decoder, "decoder", n, first=2)
-        self.prior = _vector(prior, "prior", n, first=1)
-        self.decoder_stderr = None if decoder_stderr is None else _vector(decoder_stderr, "decoder_stderr", n, 2)
-        self.prior_stderr = None if prior_stderr is None else _vector(prior_stderr, "prior_stderr", n, 1)
-        self.mse = None if mse is None else _vector(mse, "mse", n, 1)
-        self.mse_stderr = None if mse_stderr is None else _vector(mse_stderr, "mse_stderr", n, 1)
+        self.stderr = None if stderr is None else as_matrix(stderr, "stderr", n)
+        self.decoder = as_vector(decoder, "decoder", n, first=2)
+        self.prior = as_vector(prior, "prior", n, first=1)
+        self.decoder_stderr = None if decoder_stderr is None else as_vector(decoder_stderr, "decoder_stderr", n, 2)
+        self.prior_stderr = None if prior_stderr is None else as_vector(prior_stderr, "prior_stderr", n, 1)
+        self.mse = None if mse is None else as_vector(mse, "mse", n, 1)
+        self.mse_stderr = None if mse_stderr is None else as_vector(mse_stderr, "mse_stderr", n, 1)
         if counts is None:
             counts = np.r_[0, np.full(n - 1, -1)]  # -1: unknown, treated as computed
-        self.counts = _counts(counts, n)
+        self.counts = as_counts(counts, n)
         self.info = info if info is not None else RunInfo.from_dict(meta or {})
-        self.image_hashes = None if image_hashes is None else _hashes(image_hashes, self.info.N)
+        self.image_hashes = None if image_hashes is None else as_hashes(image_hashes, self.info.N)
         self._validate_values()
 
     @classmethod
@@ -245,22 +216,7 @@ class CostMatrix:
         row after row (half of a (T+1)^2 matrix when complete, a few rows' worth for a shard). The run info
         is the ``meta`` entry, a JSON string.
         """
-        rows = np.flatnonzero(self.rows_done[2:]) + 2  # finished KL rows t >= 2
-        arrays = {
-            "rows": rows,
-            "kl_packed": _pack(self.kl, rows),
-            "decoder": self.decoder,
-            "prior": self.prior,
-            "counts": self.counts,
-        }
-        if self.stderr is not None:
-            arrays["stderr_packed"] = _pack(self.stderr, rows)
-        for name in ("decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"):
-            if getattr(self, name) is not None:
-                arrays[name] = getattr(self, name)
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        meta = np.array(self.info.to_json(format_version=FORMAT_VERSION, checksum=_checksum(arrays)))
-        return atomic_write(npz_path(path), lambda fh: np.savez(fh, meta=meta, **arrays))
+        return write_costs(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: dict[str, Any] | None = None) -> CostMatrix:
@@ -271,21 +227,9 @@ class CostMatrix:
         Every array and every meta field is checked for its type, shape and range (a file that fails names itself
         in a ValueError); an array whose header declares more data than the file holds is refused unread.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no cost-matrix file at {path}")
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; expected a cost-matrix .npz file")
-        try:
-            arrays, info = _read(path)
-            costs = cls(info=info, **arrays)
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).strip() or type(exc).__name__
-            raise ValueError(
-                f"{path} is not a readable dpddpm cost-matrix file ({reason}); recompute it with `dpddpm costs`"
-            ) from None
+        costs = read_costs(path, cls)
         if expect:
-            costs.check_meta(expect, source=str(path))
+            costs.check_meta(expect, source=str(Path(path)))
         return costs
 
     def check_meta(self, expect: dict[str, Any], source: str = "the cost matrix") -> None:
@@ -296,132 +240,6 @@ class CostMatrix:
             detail = ", ".join(f"{k}: expected {v!r}, found {h!r}" for k, (v, h) in wrong.items())
             raise ValueError(f"{source} does not match: {detail}")
 
-    # ------------------------------------------------------------------ combining runs
-    @classmethod
-    def merge(cls, parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> CostMatrix:
-        """Combine partial matrices of disjoint rows or disjoint data: see :func:`dpddpm.merge.merge`."""
-        from .merge import merge  # merge builds CostMatrix objects: imported on use
-
-        return merge(parts, names)
-
     def __repr__(self) -> str:
         state = "complete" if self.is_complete else f"{int(self.rows_done.sum())}/{self.T} rows"
         return f"CostMatrix(T={self.T}, {state}, meta={dict(self.meta)})"
-
-
-#: the arrays of each file format: (required, optional)
-_ARRAYS = {
-    1: (
-        {"meta", "kl", "decoder", "prior"},
-        {"stderr", "decoder_stderr", "prior_stderr", "counts", "mse", "mse_stderr", "image_hashes"},
-    ),
-    2: (
-        {"meta", "rows", "kl_packed", "decoder", "prior", "counts"},
-        {"stderr_packed", "decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"},
-    ),
-}
-#: the largest T a file may declare (a (T+1, T+1) float64 matrix of T = 2**15 takes 8 GiB)
-MAX_T = 2**15
-
-
-def _read(path: Path) -> tuple[dict[str, np.ndarray], RunInfo]:
-    """The constructor's arrays and the run info of a file of format 1 or 2, each checked for type and shape."""
-    arrays = npz_arrays(path)
-    if "meta" not in arrays:
-        raise ValueError("no 'meta' entry")
-    meta_array = arrays.pop("meta")
-    if meta_array.shape != () or meta_array.dtype.kind != "U":
-        raise ValueError("its 'meta' entry is not a JSON string")
-    meta = parse_json(str(meta_array))
-    if not isinstance(meta, dict):
-        raise ValueError("its 'meta' entry is not a JSON object")
-    version = meta.pop("format_version", 1)
-    if isinstance(version, bool) or version not in _ARRAYS:
-        raise ValueError(f"unknown format_version {version!r} (this dpddpm reads 1 and 2; a newer one wrote it?)")
-    required, optional = _ARRAYS[version]
-    missing, extra = sorted(required - {"meta"} - set(arrays)), sorted(set(arrays) - required - optional)
-    if missing or extra:
-        raise ValueError(
-            ("missing arrays " + ", ".join(map(repr, missing)) if missing else "")
-            + ("; " if missing and extra else "")
-            + ("unknown arrays " + ", ".join(map(repr, extra)) if extra else "")
-        )
-    checksum = meta.pop("checksum", None)  # files from before checksums were recorded have none
-    if checksum is not None and checksum != _checksum(arrays):
-        raise ValueError("its arrays do not match the checksum it was saved with: the file is damaged")
-    for name, arr in arrays.items():  # costs are floats, counts and rows integers, hashes uint64: nothing cast
-        kinds = {"counts": "iu", "rows": "iu", "image_hashes": "u"}.get(name, "f")
-        if arr.dtype.kind not in kinds or (name == "image_hashes" and arr.dtype != np.uint64):
-            raise ValueError(f"array {name!r} has dtype {arr.dtype}, which dpddpm never writes there")
-    if version >= 2:
-        T = check_int(meta.get("T"), "meta 'T'", low=2, high=MAX_T)
-        rows = arrays.pop("rows")
-        if rows.ndim != 1 or rows.dtype.kind not in "iu":
-            raise ValueError(f"'rows' must be a 1-D integer array, got {rows.dtype} {rows.shape}")
-        if rows.size and (rows.min() < 2 or rows.max() > T or np.any(np.diff(rows) <= 0)):
-            raise ValueError(f"'rows' must be increasing times in 2..T = {T}")
-        for name in ("kl_packed", "stderr_packed"):
-            if name in arrays:
-                arrays[name[: -len("_packed")]] = _unpack(arrays.pop(name), rows, T)
-        counts = arrays["counts"]
-        if counts.shape == (T + 1,) and np.any(counts[rows] == 0):
-            raise ValueError("'rows' lists rows whose count is 0")
-    elif arrays["kl"].ndim != 2 or not 3 <= arrays["kl"].shape[0] <= MAX_T + 1:
-        raise ValueError(f"'kl' must be a (T+1, T+1) matrix with 2 <= T <= {MAX_T}, got shape {arrays['kl'].shape}")
-    return arrays, RunInfo.from_dict(meta)
-
-
-def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """A hash of every array but ``meta`` (names, dtypes, shapes and bytes): a damaged file cannot pass for a
-    valid one, while its meta JSON stays readable and editable (its fields are checked one by one)."""
-    h = hashlib.sha256()
-    for name in sorted(k for k in arrays if k != "meta"):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()[:32]
-
-
-def _counts(counts, n: int) -> np.ndarray:
-    """(T+1,) int64 sample counts: integers >= -1 (-1: unknown), never fractions."""
-    arr = np.asarray(counts)
-    if arr.shape != (n,):
-        raise ValueError(f"counts must have shape {(n,)}, got {arr.shape}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError("counts must be whole numbers")
-    elif arr.dtype.kind not in "iub":
-        raise ValueError(f"counts must be integers, got dtype {arr.dtype}")
-    if np.any(arr < -1) or np.any(arr > 2**53):
-        raise ValueError("counts must be >= 0 (or -1: unknown)")
-    return arr.astype(np.int64)
-
-
-def _hashes(hashes, n: int | None) -> np.ndarray:
-    """uint64 (N,) per-image hashes; N must match the run info's when it records one."""
-    arr = np.asarray(hashes)
-    if arr.ndim != 1 or arr.dtype != np.uint64:
-        raise ValueError(f"image_hashes must be a uint64 (N,) array, got {arr.dtype} {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"image_hashes holds {arr.shape[0]} hashes for N = {n} images")
-    return arr.copy()
-
-
-def _matrix(x, name: str, n: int | None = None) -> np.ndarray:
-    """A float64 copy of a square (T+1, T+1) matrix with NaN outside the valid edges s < t."""
-    arr = np.array(x, dtype=np.float64)
-    if n is None and (arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 3):
-        raise ValueError(f"{name} must be a square (T+1, T+1) matrix with T >= 2, got shape {arr.shape}")
-    if n is not None and arr.shape != (n, n):
-        raise ValueError(f"{name} must have shape {(n, n)}, got {arr.shape}")
-    arr[~valid_edges(arr.shape[0] - 1)] = np.nan
-    return arr
-
-
-def _vector(x, name: str, n: int, first: int) -> np.ndarray:
-    """A float64 copy of a (T+1,) vector with its entries below ``first`` (no such time) set to NaN."""
-    arr = np.array(x, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape {(n,)} to match kl, got {arr.shape}")
-    arr[:first] = np.nan
-    return arr

@@ -8,17 +8,14 @@ depend on batch size, row order or how rows are split between processes, beyond 
 float32 network's output for an image changes by ~1e-7 with the batch it is in; relative differences of ~1e-8
 in the costs are normal, not a bug).
 
-This module only computes: :class:`CostRun` checks the inputs and yields finished rows, and
-:func:`cost_matrix` collects them. Writing, locking and resuming a file is :mod:`dpddpm.checkpoint`'s job,
-which wraps the same row iterator; ``cost_matrix(..., checkpoint=path)`` hands the run to it.
+This module only computes: :class:`CostRun` checks the inputs and yields finished rows. The public
+:func:`dpddpm.cost_matrix` (in :mod:`dpddpm.checkpoint`, the layer above) collects them in memory, or saves,
+locks and resumes a file around the same row iterator.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -26,10 +23,12 @@ import torch
 
 from .costmatrix import CostMatrix
 from .fingerprint import data_fingerprint, image_hashes, model_fingerprint
-from .gaussian import predict_x0, q_sample
 from .model import DDPM, model_on, resolve_device
+from .netpass import autocast_context, network_pass
+from .progress import progress_bar
 from .rowcosts import DecoderRow, KLRow
 from .runinfo import RunInfo
+from .stats import sem_columns
 from .terms import prior_bpd
 from .validation import check_batch_size, check_data, check_int, check_seed
 
@@ -88,7 +87,7 @@ class CostRun:
             self.rows = list(range(T, 0, -1))
         else:
             self.rows = sorted({check_int(t, "a row t", low=1, high=T) for t in rows}, reverse=True)
-        self.amp = _autocast(autocast, self.device)
+        autocast_context(autocast, self.device)  # refuses an unknown kind, or fp16 off CUDA, before any work
         self.model = model_on(model, self.device)  # a copy when it must move: the caller's model stays put
         self.x0 = data.to(device=self.device, dtype=torch.float64).reshape(data.shape[0], -1)  # (N, D)
         self.info = RunInfo(
@@ -108,12 +107,9 @@ class CostRun:
     @torch.no_grad()
     def empty(self) -> CostMatrix:
         """The run's matrix before any row: NaN costs, counts 0, and the prior, which is exact given the data."""
-        N, T = self.x0.shape[0], self.model.T
-        samples = prior_bpd(self.model.schedule, np.arange(1, T + 1), self.x0)  # (N, T)
+        samples = prior_bpd(self.model.schedule, np.arange(1, self.model.T + 1), self.x0)  # (N, T)
         prior = np.concatenate([[np.nan], samples.mean(0).cpu().numpy()])
-        prior_se = np.concatenate(
-            [[np.nan], (samples.std(0) / math.sqrt(N)).cpu().numpy() if N > 1 else np.full(T, np.nan)]
-        )
+        prior_se = np.concatenate([[np.nan], sem_columns(samples)])
         return CostMatrix.empty(prior, prior_se, self.info, image_hashes=self.image_hashes)
 
     def finished_rows(self, skip: np.ndarray | None = None, progress: bool = True) -> Iterator[Row]:
@@ -124,56 +120,12 @@ class CostRun:
             progress: show a progress bar (tqdm) over network calls.
         """
         todo = [t for t in self.rows if skip is None or not skip[t]]
-        bar = _progress(progress, total=len(todo) * self.x0.shape[0])
+        bar = progress_bar(progress, len(todo) * self.x0.shape[0], "cost matrix")
         try:
             yield from _finished_rows(self, todo, bar)
         finally:
             if bar is not None:
                 bar.close()
-
-
-def cost_matrix(
-    model: DDPM,
-    data: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    seed: int = 0,
-    rows: Iterable[int] | None = None,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    save_every: float = 60.0,
-    autocast: str | None = None,
-) -> CostMatrix:
-    """Monte-Carlo estimate of every ELBO edge cost of ``model`` on ``data``.
-
-    Args:
-        model, data, batch_size, device, seed, autocast: see :class:`CostRun`.
-        progress: show a progress bar (tqdm) over network calls.
-        rows: compute only these rows t (1 = decoder row); the result is then a partial matrix with
-            ``counts[t] = 0`` elsewhere, to be combined with :meth:`CostMatrix.merge`.
-        checkpoint: an ``.npz`` file that completed rows are saved to (atomically) at most every
-            ``save_every`` seconds, on an interruption, and at the end; see
-            :func:`dpddpm.checkpoint.cost_matrix_resumable`, which runs the computation then.
-        resume: continue from an existing ``checkpoint``: its rows are kept and only the missing ones are
-            computed. Noise is seeded per row, so the result equals an uninterrupted run up to round-off.
-        save_every: seconds between checkpoint writes.
-    Returns:
-        a :class:`CostMatrix` of float64 bits/dim with standard errors, per-row sample counts and the run's info.
-    """
-    options = dict(rows=rows, batch_size=batch_size, device=device, seed=seed, autocast=autocast)
-    if checkpoint is not None:
-        from .checkpoint import cost_matrix_resumable  # the saving layer, which imports this module
-
-        return cost_matrix_resumable(
-            model, data, checkpoint, resume=resume, save_every=save_every, progress=progress, **options
-        )
-    run = CostRun(model, data, **options)
-    costs = run.empty()
-    for row in run.finished_rows(progress=progress):
-        costs.set_row(*row)
-    return costs
 
 
 def _pieces(rows: list[int], n: int, batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
@@ -193,82 +145,48 @@ def _pieces(rows: list[int], n: int, batch_size: int) -> Iterator[list[tuple[int
         yield batch
 
 
+def _new_row(run: CostRun, t: int) -> tuple[DecoderRow | KLRow, torch.Tensor]:
+    """Row t's accumulator and its (N, D) float64 noise, drawn from ``row_generator(seed, t)``."""
+    model, (N, D) = run.model, run.x0.shape
+    analytic = model.analytic
+    if t == 1:
+        acc = DecoderRow(model.schedule, model.variance, model.num_bins, run.device, analytic=analytic)
+    else:
+        acc = KLRow(model.schedule, t, model.variance, D, run.device, analytic=analytic)
+    gen = row_generator(run.seed, t, run.device)
+    return acc, torch.randn(N, D, generator=gen, device=run.device, dtype=torch.float64)
+
+
 @torch.no_grad()
 def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
     """Run the network over (row, data slice) pieces packed into batches; yield each row when its last slice ends.
 
     A row's accumulator and noise live only until its last slice is done.
     """
-    model, x0_all, device = run.model, run.x0, run.device
-    sched = model.schedule
-    N, D = x0_all.shape
+    x0_all, device = run.x0, run.device
+    N = x0_all.shape[0]
     open_rows: dict[int, tuple[DecoderRow | KLRow, torch.Tensor]] = {}
     for batch in _pieces(row_list, N, run.batch_size):
-        x_t_parts, t_parts = [], []
-        for t, a, b in batch:
+        for t, _, _ in batch:
             if t not in open_rows:
-                acc = (
-                    DecoderRow(sched, model.variance, model.num_bins, device, analytic=model.analytic)
-                    if t == 1
-                    else KLRow(sched, t, model.variance, D, device, analytic=model.analytic)
-                )
-                noise = torch.randn(
-                    N, D, generator=row_generator(run.seed, t, device), device=device, dtype=torch.float64
-                )
-                open_rows[t] = (acc, noise)
-            x_t_parts.append(q_sample(sched, t, x0_all[a:b], open_rows[t][1][a:b]).float())
-            t_parts.append(torch.full((b - a,), t, dtype=torch.long, device=device))
-        x_t = torch.cat(x_t_parts)
-        with run.amp:
-            try:
-                eps, v = model.predict(x_t.reshape(-1, *model.data_shape), torch.cat(t_parts))
-            except FloatingPointError as err:
-                if run.info.autocast is None:
-                    raise
-                raise FloatingPointError(
-                    f"{err} under autocast={run.info.autocast!r}: the network overflows in reduced precision; "
-                    "run without autocast (or with 'bf16', whose range is float32's)"
-                ) from err
-        eps = eps.reshape(x_t.shape[0], D).double()
-        v = None if v is None else v.reshape(x_t.shape[0], D).float()
+                open_rows[t] = _new_row(run, t)
+        x0 = torch.cat([x0_all[a:b] for _, a, b in batch])
+        noise = torch.cat([open_rows[t][1][a:b] for t, a, b in batch])
+        steps = torch.cat([torch.full((b - a,), t, dtype=torch.long, device=device) for t, a, b in batch])
+        out = network_pass(run.model, steps, x0, noise, run.info.autocast)
         offset = 0
-        for (t, a, b), xt in zip(batch, x_t_parts):
+        for t, a, b in batch:
             sl = slice(offset, offset + b - a)
             offset += b - a
             acc = open_rows[t][0]
-            x0 = x0_all[a:b]
-            x0_hat = predict_x0(sched, t, xt.double(), eps[sl], model.clip_denoised)
-            v_sl = None if v is None else v[sl]
+            v = None if out.v is None else out.v[sl]
             if t == 1:
-                acc.add(x0, x0_hat, v_sl)
+                acc.add(x0[sl], out.x0_hat[sl], v)
             else:
-                acc.add((x0 - x0_hat).pow(2), v_sl)
+                acc.add((x0[sl] - out.x0_hat[sl]).pow(2), v)
             if b == N:  # the row is complete
                 del open_rows[t]
                 mse, mse_se = acc.mse_stats.result()
                 yield Row(t, *acc.stats.result(), N, float(mse[0]), float(mse_se[0]))
         if bar is not None:
-            bar.update(x_t.shape[0])
-
-
-def _autocast(kind: str | None, device: torch.device):
-    """An autocast context for the network call (``"bf16"``/``"fp16"``), or a no-op for None.
-
-    Works on CUDA and, for bf16, on the CPU (useful to test the effect of reduced precision anywhere).
-    """
-    if kind is None:
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if kind not in dtypes:
-        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {kind!r}")
-    if device.type != "cuda" and kind != "bf16":
-        raise ValueError(f"autocast={kind!r} needs a CUDA device (on {device.type} use 'bf16'), got {device}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[kind])
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="call", desc="cost matrix", smoothing=0.05)
+            bar.update(x0.shape[0])

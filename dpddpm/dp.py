@@ -34,6 +34,7 @@ class OptimalSchedules:
         pointers: int16/int32 (K_max + 1, T + 1); the next kept time below t on that best path.
         prior: float64 (T + 1,), prior[t].
         start: ``"T"`` or ``"free"``.
+        costs: the cost matrix the schedules were optimized on.
     """
 
     values: np.ndarray
@@ -186,16 +187,13 @@ def _sweep_torch(kl: np.ndarray, values: np.ndarray, pointers: np.ndarray, devic
     Wd = _edge_weights_torch(kl, device)
     vals = torch.as_tensor(values, device=device)
     ptrs = torch.zeros(values.shape, dtype=torch.int32, device=device)
-    # One reduction over all rows per k: a handful of kernel launches per k, instead of one set per row block
-    # (on a GPU launch overhead would dominate: ~5 launches x K_max beats the triangle's saved memory traffic).
-    block = T + 1
+    # One reduction over all rows t >= k per k (F_{k-1}[s] is finite only for s >= k - 1 < t): a handful of kernel
+    # launches per k, instead of one set per row block as on the CPU (on a GPU launch overhead would dominate:
+    # ~5 launches x K_max beats the triangle's saved memory traffic). K_max <= T, so every k has rows.
     for k in range(3, K_max + 1):
-        prev = vals[k - 1]
-        for a in range(k, T + 1, block):
-            b = min(a + block, T + 1)
-            best, arg = (Wd[a:b, k - 1 : b] + prev[k - 1 : b]).min(dim=1)
-            vals[k, a:b] = best
-            ptrs[k, a:b] = (arg + (k - 1)).to(torch.int32)
+        best, arg = (Wd[k : T + 1, k - 1 : T + 1] + vals[k - 1, k - 1 : T + 1]).min(dim=1)
+        vals[k, k : T + 1] = best
+        ptrs[k, k : T + 1] = (arg + (k - 1)).to(torch.int32)
     values[:] = vals.cpu().numpy()
     pointers[3:] = ptrs[3:].cpu().numpy().astype(pointers.dtype)
 

@@ -19,20 +19,21 @@ the same images: use :meth:`ELBOEstimate.paired_stderr`.
 from __future__ import annotations
 
 import hashlib
-import math
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .costmatrix import CostMatrix
-from .costs import _autocast, row_generator
-from .fingerprint import data_fingerprint, model_fingerprint
-from .gaussian import q_sample
+from .costs import row_generator
+from .fingerprint import DATA_IDENTITY, MODEL_IDENTITY, mismatches
 from .model import DDPM, model_on, resolve_device
-from .runinfo import REPLAY_FIELDS
-from .terms import edge_bpd, prior_bpd
+from .netpass import network_pass
+from .progress import progress_bar
+from .runinfo import REPLAY_FIELDS, RunInfo
+from .stats import sem
+from .terms import edge_bpd_from_x0_hat, prior_bpd
 from .types import Schedule
 from .validation import check_batch_size, check_data, check_schedule, check_seed
 
@@ -68,9 +69,6 @@ class ELBOEstimate:
     terms: np.ndarray
     schedule: np.ndarray
 
-    def __iter__(self):  # so that ``mean, stderr = elbo(...)`` works
-        return iter((self.bpd, self.stderr))
-
     def paired_stderr(self, other: ELBOEstimate) -> float:
         """Standard error of ``self.bpd - other.bpd`` when both were estimated on the same images, in the same
         order: the standard error of the per-image differences (their shared image-to-image spread cancels)."""
@@ -79,75 +77,56 @@ class ELBOEstimate:
                 f"paired errors need estimates on the same images, got {self.per_sample.shape[0]} "
                 f"and {other.per_sample.shape[0]} data points"
             )
-        return _stderr(self.per_sample - other.per_sample)
+        return sem(self.per_sample - other.per_sample)
 
     def __repr__(self) -> str:
         return f"ELBOEstimate({self.bpd:.4f} ± {self.stderr:.4f} bits/dim, K={len(self.schedule)})"
 
 
-def _stderr(values: np.ndarray) -> float:
-    """Standard error of the mean of independent values (NaN for fewer than two)."""
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-
-
 def _estimate(terms: np.ndarray, schedule: np.ndarray) -> ELBOEstimate:
     """terms: (N, K + 1) per-image terms -> the estimate with its per-image standard error."""
     per_sample = terms.sum(axis=1)
-    return ELBOEstimate(float(per_sample.mean()), _stderr(per_sample), per_sample, terms.mean(axis=0), schedule)
+    return ELBOEstimate(float(per_sample.mean()), sem(per_sample), per_sample, terms.mean(axis=0), schedule)
 
 
 def _edge_terms(
     model: DDPM,
     x0: torch.Tensor,
-    x_t: list[torch.Tensor],
+    noise: list[torch.Tensor],
     edges: list[tuple[int, int]],
     t_above: int,
-    amp: AbstractContextManager,
+    autocast: str | None,
 ) -> list[np.ndarray]:
-    """Per-sample costs of several edges in one network call.
+    """Per-image costs of several edges in one network call.
 
-    x0: (B, *data_shape) float64; x_t: one float32 (B, *data_shape) input per edge (t, s); s = 0 is the decoder,
-    whose variance depends on the next kept time ``t_above``. Returns one float64 (B,) array per edge.
+    x0: (B, D) float64, flattened; noise: one float64 (B, D) draw per edge (t, s); s = 0 is the decoder, whose
+    variance depends on the next kept time ``t_above``. Returns one float64 (B,) array per edge.
     """
     B = x0.shape[0]
-    times = torch.tensor([t for t, _ in edges], device=x0.device).repeat_interleave(B)
-    with amp:
-        eps, v = model.predict(torch.cat(x_t), times)
-    out = []
+    steps = torch.tensor([t for t, _ in edges], device=x0.device).repeat_interleave(B)
+    out = network_pass(model, steps, x0.repeat(len(edges), 1), torch.cat(noise), autocast)
+    costs = []
     for j, (t, s) in enumerate(edges):
         sl = slice(j * B, (j + 1) * B)
-        out.append(
-            edge_bpd(
-                model.schedule,
-                t,
-                s,
-                x0,
-                x_t[j].double(),
-                eps[sl],
-                None if v is None else v[sl],
-                variance=model.variance,
-                t_above=t_above if s == 0 else None,
-                num_bins=model.num_bins,
-                clip_denoised=model.clip_denoised,
-                analytic=model.analytic,
-            )
-            .cpu()
-            .numpy()
+        cost = edge_bpd_from_x0_hat(
+            model.schedule,
+            t,
+            s,
+            x0,
+            out.x0_hat[sl],
+            None if out.v is None else out.v[sl],
+            variance=model.variance,
+            t_above=t_above if s == 0 else None,
+            num_bins=model.num_bins,
+            analytic=model.analytic,
         )
-    return out
+        costs.append(cost.cpu().numpy())
+    return costs
 
 
 def _edges(sched_t: np.ndarray) -> list[tuple[int, int]]:
     """The edges t_i -> t_{i-1} of a schedule, then the decoder edge 1 -> 0."""
     return [(int(t), int(s)) for t, s in zip(sched_t[:-1], sched_t[1:])] + [(1, 0)]
-
-
-def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="call", desc=desc)
 
 
 @torch.no_grad()
@@ -175,18 +154,18 @@ def elbo(
     model = model_on(model, device)
     N = data.shape[0]
     terms = np.zeros((N, len(sched_t) + 1))
-    bar = _progress_bar(progress, N * len(sched_t), "elbo")
+    bar = progress_bar(progress, N * len(sched_t), "elbo")
     for start in range(0, N, NOISE_BLOCK):
-        x0 = data[start : start + NOISE_BLOCK].to(device=device, dtype=torch.float64)
-        block, shape = start // NOISE_BLOCK, x0.shape
+        x0 = data[start : start + NOISE_BLOCK].to(device=device, dtype=torch.float64).reshape(-1, data[0].numel())
+        block, shape = start // NOISE_BLOCK, (x0.shape[0], *data.shape[1:])
 
-        def noise(t: int, block: int = block, shape: torch.Size = shape) -> torch.Tensor:
-            gen = fresh_generator(seed, t, block, device)
-            return torch.randn(shape, generator=gen, device=device, dtype=torch.float64)
+        def noise(t: int, block: int = block, shape: tuple[int, ...] = shape) -> torch.Tensor:
+            gen = fresh_generator(seed, t, block, device)  # drawn in the data's shape, as before the flattening
+            return torch.randn(shape, generator=gen, device=device, dtype=torch.float64).reshape(shape[0], -1)
 
         rows = terms[start : start + len(x0)]  # a view: filled in place
         rows[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0).cpu().numpy()
-        _run_edges(model, x0, sched_t, noise, rows, batch_size, _autocast(None, device), bar)
+        _run_edges(model, x0, sched_t, noise, rows, batch_size, None, bar)
     if bar is not None:
         bar.close()
     return _estimate(terms, sched_t)
@@ -196,16 +175,17 @@ def _run_edges(
     model: DDPM,
     x0_all: torch.Tensor,
     sched_t: np.ndarray,
-    noise,
+    noise: Callable[[int], torch.Tensor],
     terms: np.ndarray,
     batch_size: int,
-    amp: AbstractContextManager,
+    autocast: str | None,
     bar,
 ) -> None:
-    """Fill ``terms[:, 1:]`` (N, K) with every image's edge costs: x_t = q_sample(x0, noise(t)) for each kept t.
+    """Fill ``terms[:, 1:]`` (N, K) with every image's edge costs, x_t drawn with ``noise(t)`` at each kept t.
 
-    ``noise(t)`` gives the (N, *data_shape) float64 noise of time t; edges are packed several to a network call
-    when N < batch_size, and images are taken ``batch_size`` at a time; ``bar`` (or None) counts the calls.
+    x0_all: (N, D) float64; ``noise(t)`` gives the (N, D) float64 noise of time t. Edges are packed several to a
+    network call when N < batch_size, and images are taken ``batch_size`` at a time; ``bar`` (or None) counts the
+    calls.
     """
     N = x0_all.shape[0]
     edges = _edges(sched_t)
@@ -213,11 +193,10 @@ def _run_edges(
     per_call = max(1, batch_size // chunk)  # small data: several edges share one network call
     for first in range(0, len(edges), per_call):
         group = edges[first : first + per_call]
-        # noised in float64, rounded to the network's float32 input
-        x_t = [q_sample(model.schedule, t, x0_all, noise(t)).float() for t, _ in group]
+        draws = [noise(t) for t, _ in group]
         for a in range(0, N, chunk):
             b = min(a + chunk, N)
-            values = _edge_terms(model, x0_all[a:b], [x[a:b] for x in x_t], group, int(sched_t[-2]), amp)
+            values = _edge_terms(model, x0_all[a:b], [d[a:b] for d in draws], group, int(sched_t[-2]), autocast)
             for j, v in enumerate(values):
                 terms[a:b, first + j + 1] = v
             if bar is not None:
@@ -258,30 +237,28 @@ def in_sample_elbo(
     batch_size = check_batch_size(batch_size)
     if not isinstance(costs, CostMatrix):
         raise TypeError(f"costs must be a dpddpm.CostMatrix, got {type(costs).__name__}")
-    meta = _replayable_meta(model, data, costs, sched_t, device)
+    info = _replayable_info(model, data, costs, sched_t, device)
     model = model_on(model, device)
-    amp = _autocast(meta.get("autocast"), device)
-    x0_all = data.to(device=device, dtype=torch.float64)
-    N, D = x0_all.shape[0], x0_all[0].numel()
+    x0_all = data.to(device=device, dtype=torch.float64).reshape(data.shape[0], -1)
+    N, D = x0_all.shape
     terms = np.zeros((N, len(sched_t) + 1))
     terms[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0_all).cpu().numpy()
 
     def noise(t: int) -> torch.Tensor:  # exactly cost_matrix's draw for row t: one (N, D) tensor from its generator
-        gen = row_generator(meta["seed"], t, device)
-        return torch.randn(N, D, generator=gen, device=device, dtype=torch.float64).reshape(x0_all.shape)
+        gen = row_generator(info.seed, t, device)
+        return torch.randn(N, D, generator=gen, device=device, dtype=torch.float64)
 
-    bar = _progress_bar(progress, N * len(sched_t), "in-sample elbo")
-    _run_edges(model, x0_all, sched_t, noise, terms, batch_size, amp, bar)
+    bar = progress_bar(progress, N * len(sched_t), "in-sample elbo")
+    _run_edges(model, x0_all, sched_t, noise, terms, batch_size, info.autocast, bar)
     if bar is not None:
         bar.close()
     return _estimate(terms, sched_t)
 
 
-def _replayable_meta(
+def _replayable_info(
     model: DDPM, data: torch.Tensor, costs: CostMatrix, sched_t: np.ndarray, device: torch.device
-) -> dict:
-    """The matrix's run info (as a ``meta`` dict) after checking that its rows can be replayed with this model,
-    data and device."""
+) -> RunInfo:
+    """The matrix's run info after checking that its rows can be replayed with this model, data and device."""
     info = costs.info
     if costs.T != model.T:
         raise ValueError(f"the cost matrix has T = {costs.T} but the model has T = {model.T}")
@@ -296,28 +273,20 @@ def _replayable_meta(
             f"the cost matrix records no {', '.join(missing)} (hand-built, or written by an older "
             f"dpddpm), so its noise cannot be replayed; recompute it with dpddpm.cost_matrix"
         )
-    ours = info.replace(
-        variance=model.variance,
-        num_bins=model.num_bins,
-        clip_denoised=model.clip_denoised,
-        weights_fingerprint=model_fingerprint(model),
-        N=data.shape[0],
-        data_fingerprint=data_fingerprint(data, model.num_bins),
-        noise_device=device.type,
-    )
-    wrong = info.differences(ours, ("variance", "num_bins", "clip_denoised", "weights_fingerprint"))
-    if wrong:
+    wrong, ours = mismatches(info, model, data, MODEL_IDENTITY + DATA_IDENTITY)
+    model_wrong = [f for f in wrong if f in MODEL_IDENTITY]
+    if model_wrong:
         raise ValueError(
             f"the cost matrix was computed by another model "
-            f"({info.describe(ours, wrong, 'the cost matrix', 'this model')})"
+            f"({info.describe(ours, model_wrong, 'the cost matrix', 'this model')})"
         )
-    if info.differences(ours, ("N", "data_fingerprint")):
+    if wrong:
         raise ValueError(
             f"these are not the cost matrix's images: it was computed on {info.N} images with "
             f"fingerprint {info.data_fingerprint}, these are {ours.N} images with fingerprint "
             f"{ours.data_fingerprint} (same images, same order are needed)"
         )
-    if info.differences(ours, ("noise_device",)):
+    if info.noise_device != device.type:
         raise ValueError(
             f"the cost matrix drew its noise on {info.noise_device!r}; replay it with "
             f"device={info.noise_device!r} (this call runs on {device.type!r})"
@@ -326,4 +295,4 @@ def _replayable_meta(
     missing_rows = [int(t) for t in rows if not costs.rows_done[t]]
     if missing_rows:
         raise ValueError(f"the schedule needs rows {missing_rows} that this partial cost matrix lacks")
-    return dict(costs.meta)
+    return info

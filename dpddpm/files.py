@@ -8,10 +8,9 @@
 - :func:`sigterm_raises`: SIGTERM (what torchrun and job schedulers send) raises :class:`Terminated`, so the
   same cleanup that saves work on Ctrl-C runs on SIGTERM too; :func:`signals_ignored` shields the save that
   such an interruption triggers from a second Ctrl-C or SIGTERM.
-- :func:`npz_arrays`: the arrays of an ``.npz`` file after checking each member's declared size against what
-  the archive holds (a crafted header cannot make it allocate terabytes).
 
 Locks and temp files never follow symbolic links: a link planted in a shared folder cannot redirect a write.
+Reading ``.npz`` archives safely is :mod:`dpddpm.npzread`'s work.
 """
 
 from __future__ import annotations
@@ -28,13 +27,9 @@ import secrets
 import signal
 import stat
 import threading
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import numpy as np
 
 #: the largest JSON file read (bytes): every JSON file dpddpm reads is a few hundred kB at most
 MAX_JSON_BYTES = 64 * 2**20
@@ -241,82 +236,6 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-#: the most memory one array read from an ``.npz`` may take, as a share of the machine's memory
-_NPZ_MEMORY_SHARE = 0.5
-#: deflate cannot expand data more than ~1032 times
-_DEFLATE_MAX_RATIO = 1100
-
-
-def _physical_memory() -> int:
-    """The machine's memory in bytes (2**40 when unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 2**40
-
-
-def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> None:
-    """Refuse an ``.npy`` member whose header declares more data than it holds, or than memory allows."""
-    with archive.open(info) as fh:
-        version = np.lib.format.read_magic(fh)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = header(fh, max_header_size=10_000)
-        header_bytes = fh.tell()
-    if dtype.hasobject:
-        raise ValueError(f"array {info.filename!r} holds Python objects, which dpddpm never writes nor reads")
-    declared = math.prod(shape) * dtype.itemsize
-    expand = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
-    if (
-        declared + header_bytes != info.file_size
-        or info.compress_size > file_size
-        or info.file_size > expand * max(info.compress_size, 1)
-    ):
-        raise ValueError(
-            f"array {info.filename!r} declares shape {shape} ({declared} bytes) but the archive holds "
-            f"{info.file_size} bytes for it"
-        )
-    if declared > _NPZ_MEMORY_SHARE * _physical_memory():
-        raise ValueError(f"array {info.filename!r} of shape {shape} needs {declared / 2**30:.1f} GiB, more than memory")
-
-
-def npz_arrays(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file (only ``names``, when given), read without pickles.
-
-    Each member's ``.npy`` header is read first and its declared size compared with the bytes the archive
-    holds for it and with the machine's memory, so a forged header is refused before anything is allocated.
-
-    Raises:
-        ValueError: not a zip archive of ``.npy`` arrays, a member that declares more than it holds, or
-            truncated or corrupt bytes (the caller adds the file's name and the fix).
-    """
-    path = Path(path)
-    file_size = path.stat().st_size
-    with open(path, "rb") as fh:  # np.load reads anything else as a pickle and then suggests allow_pickle=True
-        if fh.read(4) != b"PK\x03\x04":
-            raise ValueError("not an .npz archive")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
-            wanted = list(members) if names is None else [n for n in names if n in members]
-            for name in wanted:
-                _check_member(archive, members[name], file_size)
-        with np.load(path, allow_pickle=False) as f:
-            return {name: f[name] for name in wanted}
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        KeyError,
-        OverflowError,
-        SyntaxError,
-        NotImplementedError,  # zipfile: an unknown version or compression method
-        RuntimeError,  # zipfile: an encrypted member
-    ) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"truncated or corrupt ({reason})") from None
 
 
 @contextlib.contextmanager

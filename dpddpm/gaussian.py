@@ -5,8 +5,8 @@ With a_t = alpha_bar_t:
     q_sample                   x_t  = sqrt(a_t) x_0 + sqrt(1 - a_t) eps          the forward process q(x_t | x_0)
     predict_x0                 x^_0 = (x_t - sqrt(1 - a_t) eps^) / sqrt(a_t)     the model's estimate of x_0
     predict_eps                eps^ = (x_t - sqrt(a_t) x^_0) / sqrt(1 - a_t)     its inverse
-    model_log_variance         log sigma^2 of a reverse step, for each variance kind; learned_range:
-                               f log_max + (1 - f) log_min with f = range_fraction(v) = (v + 1) / 2
+    range_fraction             f = (v + 1) / 2, where a learned log-variance sits in its range (the variance rule
+                               itself, for each kind, is :mod:`dpddpm.variances`)
     normal_kl                  KL between two Gaussians, nats per element
     discretized_gaussian_nll   -log P(x_0) of a Gaussian integrated over the data's bins, nats per element
 
@@ -22,7 +22,7 @@ import math
 import torch
 
 from .schedule import NoiseSchedule
-from .types import VARIANCE_KINDS, Steps, VarianceKind
+from .types import Steps
 
 Scalar = float | torch.Tensor  # a float, or a float64 tensor that broadcasts against the data
 
@@ -67,41 +67,6 @@ def range_fraction(v: torch.Tensor) -> torch.Tensor:
     """f = (v + 1) / 2 in float64: where the learned log-variance sits in its range (never clamped, as in the
     source code; f can leave [0, 1])."""
     return (v.double() + 1.0) / 2.0
-
-
-def model_log_variance(
-    variance: VarianceKind,
-    log_min: Scalar,
-    log_max: Scalar,
-    f: torch.Tensor | None = None,
-    *,
-    decoder: bool | torch.Tensor = False,
-) -> Scalar:
-    """log sigma^2 of the model's reverse step, from the ends of its range.
-
-    Args:
-        variance: ``fixed_small`` gives log_min; ``fixed_large`` log_max, except on the decoder, where it also
-            gives log_min (improved-diffusion's fixed_large puts beta~ at index 0); ``learned_range``
-            f log_max + (1 - f) log_min, per element.
-        log_min: log beta~_{s|t}, the true posterior's variance (decoder: log beta~_{1|u}).
-        log_max: log beta_{t|s} (decoder: log(1 - alpha_bar_1)).
-        f: :func:`range_fraction` of the network's variance output, needed for ``learned_range``.
-        decoder: whether the step is the decoder 1 -> 0; a bool tensor that broadcasts against the bounds for a
-            batch that mixes decoder and other steps.
-    Returns:
-        a float or float64 tensor that broadcasts against the data (per element for ``learned_range``).
-    """
-    if variance == "fixed_small":
-        return log_min
-    if variance == "fixed_large":
-        if isinstance(decoder, torch.Tensor):
-            return torch.where(decoder, log_min, log_max)
-        return log_min if decoder else log_max
-    if variance == "learned_range":
-        if f is None:
-            raise ValueError("learned_range needs the network's variance output v (f = (v + 1) / 2)")
-        return f * log_max + (1.0 - f) * log_min
-    raise ValueError(f"unknown variance kind {variance!r}; expected one of {VARIANCE_KINDS}")
 
 
 def normal_kl(mean_diff: torch.Tensor, log_var_q: Scalar, log_var_p: Scalar) -> torch.Tensor:

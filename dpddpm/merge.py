@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .costmatrix import CostMatrix, valid_edges
+from .costfile import valid_edges
+from .costmatrix import CostMatrix
 from .runinfo import MODEL_FIELDS, RunInfo
 from .stats import Pool
 
@@ -34,6 +35,8 @@ REPLAY_NOISE_FIELDS = ("seed", "noise_device")
 
 def merge(parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> CostMatrix:
     """Combine partial matrices computed on disjoint rows of the same data, or on disjoint data.
+
+    Public as :func:`dpddpm.merge_costs`; ``dpddpm merge`` runs it on files.
 
     Args:
         parts: the partial matrices.
@@ -71,23 +74,7 @@ def merge(parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> Co
         decoder.add(p.decoder, p.decoder_stderr, p.counts[1] * (np.arange(T + 1) >= 2))
     (kl_mean, kl_se), (dec_mean, dec_se) = kl.result(), decoder.result()
     mse_mean, mse_se = _pooled_mse(parts)
-    counts = np.sum([p.counts for p in parts], axis=0)
-    agreed = {k: _agreed(parts, k) for k in REPLAY_NOISE_FIELDS}  # None (unknown) where the parts differ or lack it
-    if same_data:  # the prior is exact given the data: row shards share it
-        prior, prior_se = parts[0].prior, parts[0].prior_stderr
-        info, hashes = parts[0].info.replace(**agreed), parts[0].image_hashes
-    else:
-        prior, prior_se = _pooled_prior(parts)
-        info = parts[0].info.replace(
-            N=int(sum(p.info.N or 0 for p in parts)) or None,
-            data_fingerprint=None,  # no single data set (nor noise stream) any more
-            data_shards=tuple(data_ids),
-            **agreed,
-        )
-        with_hashes = all(p.image_hashes is not None for p in parts)
-        hashes = np.concatenate([p.image_hashes for p in parts]) if with_hashes else None
-        if hashes is not None and info.N != len(hashes):
-            info = info.replace(N=len(hashes))
+    prior, prior_se, info, hashes = _merged_data(parts, None if same_data else data_ids)
     return CostMatrix(
         kl=kl_mean,
         decoder=dec_mean,
@@ -95,12 +82,34 @@ def merge(parts: Sequence[CostMatrix], names: Sequence[str] | None = None) -> Co
         stderr=kl_se,
         decoder_stderr=dec_se,
         prior_stderr=prior_se,
-        counts=counts,
+        counts=np.sum([p.counts for p in parts], axis=0),
         mse=mse_mean,
         mse_stderr=mse_se,
         info=info,
         image_hashes=hashes,
     )
+
+
+def _merged_data(
+    parts: Sequence[CostMatrix], data_ids: list[str] | None
+) -> tuple[np.ndarray, np.ndarray | None, RunInfo, np.ndarray | None]:
+    """(prior, its standard errors, run info, image hashes) of the merged matrix; ``data_ids``: None for row
+    shards of one data set, else the data of each part (data shards)."""
+    agreed = {k: _agreed(parts, k) for k in REPLAY_NOISE_FIELDS}  # None (unknown) where the parts differ or lack it
+    if data_ids is None:  # the prior is exact given the data: row shards share it
+        return parts[0].prior, parts[0].prior_stderr, parts[0].info.replace(**agreed), parts[0].image_hashes
+    prior, prior_se = _pooled_prior(parts)
+    info = parts[0].info.replace(
+        N=int(sum(p.info.N or 0 for p in parts)) or None,
+        data_fingerprint=None,  # no single data set (nor noise stream) any more
+        data_shards=tuple(data_ids),
+        **agreed,
+    )
+    with_hashes = all(p.image_hashes is not None for p in parts)
+    hashes = np.concatenate([p.image_hashes for p in parts]) if with_hashes else None
+    if hashes is not None and info.N != len(hashes):
+        info = info.replace(N=len(hashes))
+    return prior, prior_se, info, hashes
 
 
 def rows_without_mse(costs: CostMatrix) -> list[int]:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .schedule import NoiseSchedule
-from .types import VARIANCE_KINDS, Steps, TimeInput, VarianceKind
+from .types import Steps, TimeInput
 from .validation import check_finite
-
-if TYPE_CHECKING:
-    from .analytic import AnalyticVariances
+from .variances import AnalyticVariances, VarianceKind, check_variance_rule
 
 
 class DDPM(nn.Module):
@@ -26,7 +23,8 @@ class DDPM(nn.Module):
             ``learned_range`` (epsilon first, then the raw variance value v).
         schedule: the training noise schedule.
         variance: ``"fixed_small"`` (beta~), ``"fixed_large"`` (beta), ``"learned_range"``, or ``"analytic"``
-            (the KL-optimal variance of each jump, frozen from a selection split: :mod:`dpddpm.analytic`).
+            (the KL-optimal variance of each jump, frozen from a selection split); the rule itself is
+            :mod:`dpddpm.variances`.
         time_input: how the 1-based step t reaches the net: ``"index"`` gives the integer ``t - 1``
             (Ho et al., diffusers); ``"rescaled"`` gives the float ``(t - 1) * 1000 / T``
             (improved-diffusion with ``rescale_timesteps=True``); or any callable on the int tensor t.
@@ -35,7 +33,7 @@ class DDPM(nn.Module):
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming means.
         outputs_variance: whether the net also outputs the raw variance value v (default: for
             ``learned_range``); an ``analytic`` model of a learned-variance net reads and ignores it.
-        analytic: the frozen :class:`~dpddpm.analytic.AnalyticVariances` of an ``"analytic"`` model (made by
+        analytic: the frozen :class:`~dpddpm.variances.AnalyticVariances` of an ``"analytic"`` model (made by
             :func:`dpddpm.with_analytic_variances`).
     """
 
@@ -53,13 +51,7 @@ class DDPM(nn.Module):
         analytic: AnalyticVariances | None = None,
     ) -> None:
         super().__init__()
-        if variance not in VARIANCE_KINDS:
-            raise ValueError(f"variance must be one of {VARIANCE_KINDS}, got {variance!r}")
-        if (variance == "analytic") != (analytic is not None):
-            raise ValueError(
-                "variance='analytic' needs its fitted variances (use dpddpm.with_analytic_variances), "
-                "and only an analytic model takes them"
-            )
+        check_variance_rule(variance, analytic)
         if variance == "learned_range" and outputs_variance is False:
             raise ValueError("a learned_range net outputs its variance value: outputs_variance must be True")
         if isinstance(time_input, str) and time_input not in ("index", "rescaled"):

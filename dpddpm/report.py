@@ -1,7 +1,8 @@
 """How :func:`dpddpm.reproduce` results read: a markdown table in the style of the paper's Table 1, a figure of
 bits/dim against K, and the three files of an output folder (``results.json``, ``results.md``, ``results.png``).
 
-A results dictionary (see :func:`dpddpm.reproduce`) holds, per budget K, the ``dp``, ``even`` and ``quadratic``
+A results dictionary (:meth:`dpddpm.pipeline.results.ReproduceResults.to_dict` of what :func:`dpddpm.reproduce`
+returns, and what ``results.json`` holds) has, per budget K, the ``dp``, ``even`` and ``quadratic``
 schedules' ``test_bpd``/``test_stderr`` and in-sample ``selection_bpd``/``selection_stderr``, the strides'
 paired ``test_minus_dp``/``test_minus_dp_stderr``, the ``full`` chain of all T steps and ``timing`` in seconds;
 optionally ``dp_analytic`` (the DP with analytic variances) and per-schedule ``samples`` figures.
@@ -45,11 +46,12 @@ def _k(k: int | None) -> str:
     return "none" if k is None else f"K = {k}"
 
 
-def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
+def markdown_table(results: Mapping, *, decimals: int = 4, level: int = 1) -> str:
     """Table 1 style: test bits/dim (± standard error over images) of each schedule, the DP's in-sample figure,
-    the strides' paired excess over the DP, the "within gap" summary and the timings. ``level``: heading level."""
-    d = decimals
-    full = results["full"]
+    the strides' paired excess over the DP, the "within gap" summary and the timings. ``level``: heading level.
+
+    ``results``: the dictionary of :meth:`dpddpm.pipeline.results.ReproduceResults.to_dict` (``results.json``).
+    """
     lines = [
         f"{'#' * level} {results['model']} ({results['variance']}): bits/dim by number of steps K (T = {results['T']})",
         "",
@@ -58,29 +60,9 @@ def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
         f"{results['seed']}; in-sample column). Errors are standard errors over images; the last two columns "
         "are paired differences on the same test images.",
         "",
-        "| K | even stride | quadratic stride | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        *_schedule_rows(results, decimals),
     ]
-    analytic = "dp_analytic" in results["rows"][0]
-    if analytic:
-        lines[-2] += " DP, analytic (test) | analytic − DP |"
-        lines[-1] += "---:|---:|"
-    for r in results["rows"]:
-        lines.append(
-            f"| {r['K']} | {_cell(r['even'], 'test', d)} | {_cell(r['quadratic'], 'test', d)} | "
-            f"{_cell(r['dp'], 'test', d)} | {_cell(r['dp'], 'selection', d)} | {_diff(r['even'], d)} | "
-            f"{_diff(r['quadratic'], d)} |"
-            + (f" {_cell(r['dp_analytic'], 'test', d)} | {_diff(r['dp_analytic'], d)} |" if analytic else "")
-        )
-    if full is not None:  # at K = T every schedule is the full chain
-        f = _cell(full, "test", d)
-        lines.append(
-            f"| {full['K']} (full chain) | {f} | {f} | {f} | {_cell(full, 'selection', d)} | | |"
-            + (f" {_cell(full['analytic'], 'test', d)} | |" if analytic and "analytic" in full else "")
-        )
-        if full.get("test_source") == "given":
-            lines += ["", "The full chain's test ELBO was given (a model card's), not estimated in this run."]
-    if analytic:
+    if "dp_analytic" in results["rows"][0]:
         v = results["analytic_variances"]
         lines += [
             "",
@@ -106,6 +88,36 @@ def markdown_table(results: dict, *, decimals: int = 4, level: int = 1) -> str:
         f"whole pipeline / all its network calls: {t['total_ratio']:.3f}\n"
     )
     return "\n".join(lines)
+
+
+def _schedule_rows(results: Mapping, d: int) -> list[str]:
+    """The table proper: one line per budget K (with the analytic DP's columns when it ran), then the full
+    chain's line, every figure with ``d`` decimals."""
+    lines = [
+        "| K | even stride | quadratic stride | DP (test) | DP (in-sample) | even − DP | quadratic − DP |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    analytic = "dp_analytic" in results["rows"][0]
+    if analytic:
+        lines[-2] += " DP, analytic (test) | analytic − DP |"
+        lines[-1] += "---:|---:|"
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['K']} | {_cell(r['even'], 'test', d)} | {_cell(r['quadratic'], 'test', d)} | "
+            f"{_cell(r['dp'], 'test', d)} | {_cell(r['dp'], 'selection', d)} | {_diff(r['even'], d)} | "
+            f"{_diff(r['quadratic'], d)} |"
+            + (f" {_cell(r['dp_analytic'], 'test', d)} | {_diff(r['dp_analytic'], d)} |" if analytic else "")
+        )
+    full = results["full"]
+    if full is not None:  # at K = T every schedule is the full chain
+        f = _cell(full, "test", d)
+        lines.append(
+            f"| {full['K']} (full chain) | {f} | {f} | {f} | {_cell(full, 'selection', d)} | | |"
+            + (f" {_cell(full['analytic'], 'test', d)} | |" if analytic and "analytic" in full else "")
+        )
+        if full.get("test_source") == "given":
+            lines += ["", "The full chain's test ELBO was given (a model card's), not estimated in this run."]
+    return lines
 
 
 SAMPLE_KINDS = (("even", "even"), ("quadratic", "quadratic"), ("dp", "DP"), ("dp_analytic", "DP, analytic"))

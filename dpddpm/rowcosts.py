@@ -22,19 +22,15 @@ KL-optimal variances at no extra network call.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .gaussian import discretized_gaussian_nll, model_log_variance, range_fraction
+from .gaussian import discretized_gaussian_nll, range_fraction
 from .schedule import NoiseSchedule
 from .stats import RowStats
 from .terms import LN2
-from .types import VarianceKind
-
-if TYPE_CHECKING:
-    from .analytic import AnalyticVariances
+from .variances import AnalyticVariances, VarianceKind, jump_log_variance, row_log_ratio
 
 F64 = torch.float64
 
@@ -100,12 +96,9 @@ class KLRow:
         analytic: AnalyticVariances | None = None,
     ) -> None:
         self.t, self.variance, self.dims = t, variance, dims
-        s = np.arange(1, t)
-        j = sched.jump(t, s)
-        self.delta = torch.as_tensor(np.log(j.beta / j.beta_post), device=device)  # Delta_s, (t-1,), >= 0
-        self.r = torch.as_tensor(j.c1**2 / j.beta_post, device=device)  # r_s, (t-1,)
-        if variance == "analytic":  # log(sigma*^2 / beta~) = log(1 + r_s m_t): the frozen variance, per s
-            self.delta = torch.log1p(self.r * float(analytic.mse[t]))
+        # Delta_s = log(sigma^2 / beta~), (t-1,), >= 0 (for learned_range: the width of the range)
+        self.delta = torch.as_tensor(row_log_ratio(sched, t, variance, analytic), device=device)
+        self.r = torch.as_tensor(sched.snr_gap(t, np.arange(1, t)), device=device)  # r_s = c1^2 / beta~, (t-1,)
         self.stats = RowStats(t - 1, device)
         self.mse_stats = RowStats(1, device)
         self.scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
@@ -120,8 +113,8 @@ class KLRow:
         if self.variance == "fixed_small":  # sigma^2 = beta~: KL = 0.5 r e^2
             const = torch.zeros_like(self.delta)
             coef = self.r
-        else:  # fixed_large (sigma^2 = beta) and analytic (sigma^2 = beta~ + c1^2 m_t): with Delta = log(sigma^2 /
-            # beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
+        else:  # any other fixed sigma^2 per s (fixed_large, analytic): with Delta = log(sigma^2 / beta~),
+            # KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
             const = self.scale * self.dims * x_minus_1_plus_exp_neg(self.delta)
             coef = self.r * torch.exp(-self.delta)
         self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
@@ -156,31 +149,35 @@ class DecoderRow:
         analytic: AnalyticVariances | None = None,
     ) -> None:
         T = sched.T
-        self.analytic = analytic
-        u = np.arange(2, T + 1)
-        # the ends of the decoder's variance range: log beta~_{1|u} per u, and log(1 - alpha_bar_1)
-        self.log_post = torch.as_tensor(np.log(sched.jump(u, 1).beta_post), device=device)  # (T-1,)
-        self.log_max = math.log(1.0 - float(sched.alpha_bar[1]))
+        self.sched, self.analytic, self.device = sched, analytic, device
+        self.u = np.arange(2, T + 1)  # the next kept time above 1, one per entry of the row
         if chunk_elements is None:  # cache-sized chunks on a CPU (5x faster measured), few launches on a GPU
             chunk_elements = 1 << 18 if torch.device(device).type == "cpu" else 1 << 24
         self.variance, self.num_bins, self.chunk_elements = variance, num_bins, chunk_elements
         self.stats = RowStats(T - 1, device)
         self.mse_stats = RowStats(1, device)
 
+    def _log_variance(self, u: np.ndarray, v: torch.Tensor | None) -> torch.Tensor | float:
+        """log sigma^2 of the decoder for next kept times u (U,): (1, 1, U), or (B, D, U) for a learned rule."""
+        u = u[None, None, :]
+        return jump_log_variance(self.sched, 1, 0, v, self.variance, u, self.analytic, device=self.device)
+
     def add(self, x0: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None) -> None:
         """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None."""
         B, D = x0.shape
         self.mse_stats.add_samples((x0 - x0_hat).pow(2).mean(dim=1, keepdim=True))
-        if self.variance == "analytic":  # one fitted variance, whatever the next kept time u
-            nll = discretized_gaussian_nll(x0, x0_hat, self.analytic.decoder_log_variance, self.num_bins)
-            self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, self.log_post.shape[0]))
-            return
-        f = None if v is None else range_fraction(v.reshape(B, -1))[:, :, None]  # once, not per chunk
+        U = self.u.shape[0]
+        v = None if v is None else v.reshape(B, D, 1)
+        if v is None:
+            log_var = self._log_variance(self.u, None)  # (1, 1, U)
+            if bool((log_var == log_var[..., :1]).all()):  # one variance whatever u (analytic): one NLL for all
+                nll = discretized_gaussian_nll(x0, x0_hat, log_var[..., 0], self.num_bins)
+                self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, U))
+                return
         step = max(1, self.chunk_elements // max(B * D, 1))
-        nll = torch.empty(B, self.log_post.shape[0], dtype=F64, device=x0.device)
-        for a in range(0, self.log_post.shape[0], step):
-            lo = self.log_post[a : a + step][None, None, :]  # (1, 1, U)
-            log_var = model_log_variance(self.variance, lo, self.log_max, f, decoder=True)
+        nll = torch.empty(B, U, dtype=F64, device=x0.device)
+        for a in range(0, U, step):
+            log_var = self._log_variance(self.u[a : a + step], v)
             per_dim = discretized_gaussian_nll(x0[:, :, None], x0_hat[:, :, None], log_var, self.num_bins)
             nll[:, a : a + step] = per_dim.mean(dim=1) / LN2
         self.stats.add_samples(nll)

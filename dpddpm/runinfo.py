@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .types import VARIANCE_KINDS
 from .validation import MAX_SEED, check_int
+from .variances import VARIANCE_KINDS
 
 #: the fields that identify the model and how it was run: parts of one merge must agree on all of them
 MODEL_FIELDS = ("variance", "num_bins", "clip_denoised", "weights_fingerprint", "autocast")

@@ -9,9 +9,9 @@ import torch
 
 from .gaussian import predict_eps, predict_x0, q_sample
 from .model import DDPM, model_on, resolve_device
-from .terms import jump_log_variance
 from .types import Schedule
 from .validation import check_int, check_schedule
+from .variances import jump_log_variance
 
 
 def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -30,9 +30,9 @@ def sample(
 ) -> torch.Tensor:
     """Ancestral sampling with the model's variance rule for every jump.
 
-    Each jump t -> s draws x_s ~ N(c1 x^_0 + c2 x_t, sigma^2) with sigma^2 re-derived for that jump (fixed
-    small, fixed large, or the learned interpolation). Returns float32 ``(n, *data_shape)``; the last step gives
-    x^_0 (clipped to [-1, 1] if the model clips).
+    Each jump t -> s draws x_s ~ N(c1 x^_0 + c2 x_t, sigma^2) with sigma^2 re-derived for that jump by the model's
+    rule (:func:`dpddpm.variances.jump_log_variance`: fixed small, fixed large, learned, or analytic). Returns
+    float32 ``(n, *data_shape)``; the last step gives x^_0 (clipped to [-1, 1] if the model clips).
     """
     return _run(model, schedule, n, generator, device, ddim=False)
 

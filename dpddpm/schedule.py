@@ -76,6 +76,21 @@ class NoiseSchedule:
         """Per-step betas, shape (T,); ``betas[i]`` belongs to t = i + 1."""
         return 1.0 - self.alpha_bar[1:] / self.alpha_bar[:-1]
 
+    def snr(self, t: int | np.ndarray) -> np.ndarray:
+        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), float64, for 1-based t (0 <= t <= T; SNR(0) = inf)."""
+        ab = self.alpha_bar[np.asarray(t)]
+        with np.errstate(divide="ignore"):
+            return ab / (1.0 - ab)
+
+    def snr_gap(self, t: int, s: int | np.ndarray) -> np.ndarray:
+        """SNR(s) - SNR(t) of the jumps t -> s, computed as c1^2 / beta~_{s|t}, float64 of the shape of s.
+
+        The same number as ``snr(s) - snr(t)``, but without its cancellation near t = T, where both SNRs are
+        ~1e-8 and close (the difference then keeps only a few digits; measured: 1e-3 relative).
+        """
+        j = self.jump(t, s)
+        return np.asarray(j.c1**2 / j.beta_post, dtype=np.float64)
+
     def jump(self, t: int | np.ndarray, s: int | np.ndarray) -> Jump:
         """Coefficients of the jump t -> s (1 <= s < t, or s = 0 for t >= 1); broadcasts over arrays."""
         return Jump.of(self.alpha_bar, t, s)

@@ -2,7 +2,8 @@
 
 A shard is the set of rows t in 1..T with ``t % count == index``: interleaved, so every shard gets rows from the
 whole range of t and about the same work. Each shard is an ordinary ``dpddpm.cost_matrix(..., rows=...)`` run;
-:meth:`dpddpm.CostMatrix.merge` combines the partial files (and refuses overlaps, other data or other weights).
+:func:`dpddpm.merge_costs` (``dpddpm merge`` on the files) combines the partial matrices, and refuses overlaps,
+other data or other weights.
 
 Under ``torchrun`` the shard comes from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), each rank
 writes ``<out>.rank<k>.npz`` and runs on its own GPU, ``cuda:LOCAL_RANK``.

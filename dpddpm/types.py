@@ -1,7 +1,7 @@
 """The package's named options and argument types, in one place.
 
 Each option is a ``Literal``, so that a type checker catches a misspelt value; the tuple next to it lists the same
-values for run-time checks and error messages.
+values for run-time checks and error messages. The variance kinds live with their rule, in :mod:`dpddpm.variances`.
 """
 
 from __future__ import annotations
@@ -12,21 +12,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-VarianceKind = Literal["fixed_small", "fixed_large", "learned_range", "analytic"]
-"""The model's reverse variance sigma^2 of a jump t -> s: ``"fixed_small"`` beta~_{s|t} (the true posterior's),
-``"fixed_large"`` beta_{t|s}, ``"learned_range"``, interpolated in log space between the two by the network's
-second output (Nichol & Dhariwal), or ``"analytic"``, beta~_{s|t} + c1^2 m_t with m_t the error of x^_0 frozen
-from a selection split (the KL-optimal isotropic variance; :mod:`dpddpm.analytic`)."""
-VARIANCE_KINDS: tuple[VarianceKind, ...] = get_args(VarianceKind)
-
 Start = Literal["T", "free"]
 """Where the optimal schedule starts: at ``"T"`` (the paper's setting), or at the t_K <= T that the DP picks."""
 STARTS: tuple[Start, ...] = get_args(Start)
-
-AutocastKind = Literal["bf16", "fp16"]
-Autocast = AutocastKind | None
-"""Reduced precision for the network call (``None``: the network's own dtype). Costs stay float64."""
-AUTOCAST_KINDS: tuple[AutocastKind, ...] = get_args(AutocastKind)
 
 DDIMSkip = Literal["quad", "uniform"]
 """DDIM's ``--skip_type``."""

@@ -7,7 +7,8 @@ Writes into ``dpddpm/photos/data/``:
   scale), the crop grid, the package versions used, every shipped image's photograph and crop box, and the
   checksum of each split (the train split is not shipped: ``dpddpm.photos.data`` rebuilds it and checks it).
 
-The crops are defined in :mod:`dpddpm.photos.data`; this script only builds them and writes the files.
+The photographs are defined in :mod:`dpddpm.photos.photographs` and the crops in :mod:`dpddpm.photos.crops`;
+this script only builds them and writes the files.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ and grids of every sampler at K = 16.
 
 Writes results/table1_digits.{json,md,png}, results/table1_digits_elbo_vs_fid.png,
 results/samples_<model>.png and results/samples_k16_<model>.png. The float64 cost matrices (4001 x 4001,
-128 MB each) are not saved.
+128 MB each) are not saved; the grids' analytic panel uses the variances that `dpddpm.reproduce` returns (with
+--replot, which has only the JSON, they are fitted again on a new cost matrix, the pipeline's way).
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ import numpy as np
 import torch
 
 import dpddpm
+from dpddpm.analytic import AnalyticVariances
 from dpddpm.digits import PRETRAINED, categorical_baseline_bpd, digits_split, load_pretrained, model_card
+from dpddpm.digits.quality import load_digits_score
 from dpddpm.files import read_json, write_json
 from dpddpm.grids import save_grid_figure
-from dpddpm.quality import load_digits_score
+from dpddpm.pipeline import ReproduceResults
 from dpddpm.report import markdown_table, plot, plot_elbo_vs_score, write_markdown
 
 KS = (4, 8, 16, 32, 64, 128, 256)
 SEED = 0  # the cost matrices' noise; the test ELBOs use SEED + 1
+BATCH = 4096  # network inputs per call of the cost matrices (and the analytic fit): all 300 images at once
 SAMPLES_K = 32
 GRID_K = 16  # the budget of the side-by-side sample grids
 SAMPLE_MAX_K = 64  # sample quality for K <= this
@@ -49,14 +53,14 @@ def digits_sample_score(images: torch.Tensor) -> dict[str, float]:
     return {"fid": score.fid(images), "confidence": score.confidence(images).mean}
 
 
-def run_model(name: str, selection: torch.Tensor, test: torch.Tensor, fresh_full: bool) -> dict:
+def run_model(name: str, selection: torch.Tensor, test: torch.Tensor, fresh_full: bool) -> ReproduceResults:
     """`dpddpm.reproduce` on one bundled model with the protocol of this table."""
     return dpddpm.reproduce(
         load_pretrained(name),
         selection,
         test,
         steps=KS,
-        batch_size=4096,
+        batch_size=BATCH,
         test_batch_size=len(test),
         seed=SEED,
         name=name,
@@ -84,15 +88,15 @@ def save_samples(name: str, res: dict, out: Path) -> str:
     return path.name
 
 
-def save_sampler_grids(name: str, res: dict, out: Path) -> str:
-    """32 samples of every schedule at K = GRID_K, ancestral and DDIM, side by side (seed 0); returns the file."""
+def save_sampler_grids(name: str, res: dict, out: Path, variances: AnalyticVariances | None) -> str:
+    """32 samples of every schedule at K = GRID_K, ancestral and DDIM, side by side (seed 0); returns the file.
+
+    ``res``: the model's results dictionary; ``variances``: the frozen analytic variances of its ``dp_analytic``
+    schedules (needed when the row has them).
+    """
     model = load_pretrained(name)
     row = next(r for r in res["rows"] if r["K"] == GRID_K)
-    frozen = None
-    if "dp_analytic" in row:  # refit from the selection split exactly as the pipeline did (same seed, same data)
-        selection = digits_split("selection")
-        costs = dpddpm.cost_matrix(model, selection, batch_size=4096, seed=SEED, progress=False)
-        frozen = dpddpm.with_analytic_variances(model, dpddpm.fit_analytic_variances(model, selection, costs))
+    frozen = None if variances is None else dpddpm.with_analytic_variances(model, variances)
     panels = []
     for kind, label in (("even", "even"), ("quadratic", "quadratic"), ("dp", "DP"), ("dp_analytic", "DP, analytic")):
         if kind not in row:
@@ -107,6 +111,21 @@ def save_sampler_grids(name: str, res: dict, out: Path) -> str:
     path = out / f"samples_k{GRID_K}_{name}.png"
     save_grid_figure(panels, path, cols=4)
     return path.name
+
+
+def refit_variances(name: str, res: dict) -> AnalyticVariances | None:
+    """For --replot, which has only the JSON: the analytic variances fitted again exactly as the pipeline fitted
+    them (its seed, data and batch size; a whole T = 4000 cost matrix), checked against the recorded fingerprint.
+    None when the results have no analytic schedules."""
+    recorded = res.get("analytic_variances")
+    if recorded is None:
+        return None
+    model, selection = load_pretrained(name), digits_split("selection")
+    costs = dpddpm.cost_matrix(model, selection, batch_size=BATCH, seed=SEED, progress=False)
+    variances = dpddpm.fit_analytic_variances(model, selection, costs, batch_size=BATCH)
+    if variances.fingerprint() != recorded["fingerprint"]:
+        print(f"note: {name}'s refitted analytic variances differ from the recorded ones (round-off of another setup)")
+    return variances
 
 
 def markdown(table: dict) -> str:
@@ -151,6 +170,7 @@ def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
     start = time.time()
     selection, test = digits_split("selection"), digits_split("test")
     bpd, stderr = categorical_baseline_bpd(digits_split("train"), test)
+    runs = {name: run_model(name, selection, test, fresh_full) for name in models}
     table = {
         "dpddpm_version": dpddpm.__version__,
         "paper": (
@@ -160,7 +180,7 @@ def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
             "tables"
         ),
         "baseline": {"bpd": bpd, "stderr": stderr, "model": "per-pixel categorical, add-one, fit on train"},
-        "models": {name: run_model(name, selection, test, fresh_full) for name in models},
+        "models": {name: res.to_dict() for name, res in runs.items()},
     }
     score = load_digits_score()
     floor = score.noise_floor(size=len(test), repeats=50)
@@ -172,7 +192,9 @@ def run_table(models: list[str], fresh_full: bool, out: Path) -> dict:
         "selection_vs_test": score.fid(selection),
     }
     table["samples"] = {name: save_samples(name, res, out) for name, res in table["models"].items()}
-    table["sampler_grids"] = {name: save_sampler_grids(name, res, out) for name, res in table["models"].items()}
+    table["sampler_grids"] = {
+        name: save_sampler_grids(name, res, out, runs[name].analytic_variances) for name, res in table["models"].items()
+    }
     table["total_wall_s"] = round(time.time() - start, 1)
     return table
 
@@ -203,7 +225,7 @@ def main() -> None:
         table = read_json(args.out / "table1_digits.json", "Table 1 results")
         for name, res in table["models"].items():
             save_samples(name, res, args.out)
-            save_sampler_grids(name, res, args.out)
+            save_sampler_grids(name, res, args.out, refit_variances(name, res))
     else:
         table = run_table(args.models, args.fresh_full_chain, args.out)
         write_json(args.out / "table1_digits.json", table)

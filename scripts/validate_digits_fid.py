@@ -1,4 +1,4 @@
-"""Validate the digits sample-quality scores (`dpddpm.quality`) on real and deliberately damaged images.
+"""Validate the digits sample-quality scores (`dpddpm.digits.quality`) on real and deliberately damaged images.
 
 - the classifier: its test accuracy as recorded in the card and as recomputed here;
 - real held-out images (the 300 of the "selection" split) against the reference ("test" split, 300);
@@ -21,8 +21,8 @@ import numpy as np
 import dpddpm
 from dpddpm.digits import classifier_card, digits_labels, digits_split
 from dpddpm.digits.classifier import accuracy
+from dpddpm.digits.quality import add_noise, load_digits_score
 from dpddpm.files import write_json
-from dpddpm.quality import add_noise, load_digits_score
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4, 0.8)
 OUT = Path(__file__).resolve().parent.parent / "results" / "digits_fid_validation.json"

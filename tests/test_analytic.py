@@ -15,7 +15,6 @@ from dpddpm.analytic import (
     analytic_edge_bpd,
     best_decoder_log_variance,
     decoder_nll_bpd,
-    snr,
 )
 from dpddpm.gaussian import normal_kl
 from dpddpm.terms import LN2, edge_bpd
@@ -38,7 +37,7 @@ def test_snr_gap_is_c1_squared_over_the_posterior_variance():
     t = np.array([2, 10, 100, 1000, 3999, 4000, 4000, 2500])
     s = np.array([1, 3, 99, 10, 1, 3999, 1, 2000])
     j = sched.jump(t, s)
-    np.testing.assert_allclose(j.c1**2 / j.beta_post, snr(sched, s) - snr(sched, t), rtol=1e-9)
+    np.testing.assert_allclose(j.c1**2 / j.beta_post, sched.snr(s) - sched.snr(t), rtol=1e-9)
 
 
 @pytest.mark.parametrize("t, s", [(2, 1), (40, 39), (400, 100), (3000, 10), (4000, 1)])
@@ -58,7 +57,7 @@ def test_optimal_variance_minimises_the_direct_expected_kl(t, s):
     best = golden_min(expected_kl, math.log(beta_post) - 5, math.log(beta_post + c1**2 * m) + 5)
     expected_var = float(AnalyticVariances(np.r_[np.nan, np.full(4000, m)], 0.0).variance(sched, t, s))
     assert math.exp(best) == pytest.approx(expected_var, rel=1e-6)
-    optimum = 0.5 * math.log1p((snr(sched, s) - snr(sched, t)) * m)
+    optimum = 0.5 * math.log1p((sched.snr(s) - sched.snr(t)) * m)
     assert expected_kl(math.log(expected_var)) == pytest.approx(optimum, rel=1e-9, abs=1e-15)
     assert analytic_edge_bpd(sched, t, s, m) == pytest.approx(optimum / LN2, rel=1e-9, abs=1e-15)
     # neither fixed choice does better (beta~ is optimal only when the denoiser is exact)
@@ -90,7 +89,7 @@ def test_zero_call_analytic_matrix_equals_a_full_run_of_the_analytic_model(varia
     model, data = tiny_model(T=12, variance=variance), discrete_data(40)
     costs = dpddpm.cost_matrix(model, data, progress=False, batch_size=64)
     variances = dpddpm.fit_analytic_variances(model, data, costs)
-    assert variances.info["dpddpm_version"] == dpddpm.__version__  # saved with the variances file
+    assert variances.info.dpddpm_version == dpddpm.__version__  # saved with the variances file
     fast = dpddpm.analytic_costs(costs, variances, model, data)
     full = dpddpm.cost_matrix(dpddpm.with_analytic_variances(model, variances), data, progress=False, batch_size=64)
     assert_costs_close(fast, full)
@@ -100,7 +99,7 @@ def test_zero_call_analytic_matrix_equals_a_full_run_of_the_analytic_model(varia
     for t in (3, 8, 12):
         s = np.arange(1, t)
         np.testing.assert_allclose(
-            fast.kl[t, 1:t], np.log2(1 + (snr(model.schedule, s) - snr(model.schedule, t)) * costs.mse[t]) / 2
+            fast.kl[t, 1:t], np.log2(1 + (model.schedule.snr(s) - model.schedule.snr(t)) * costs.mse[t]) / 2
         )
         if variance != "learned_range":
             assert np.all(fast.kl[t, 1:t] <= costs.kl[t, 1:t] + 1e-12)
@@ -128,11 +127,11 @@ def test_mse_is_recorded_per_row_and_survives_save_merge_and_resume(tmp_path):
     np.testing.assert_array_equal(loaded.mse, whole.mse)
     rows = np.arange(1, 9)
     parts = [dpddpm.cost_matrix(model, data, progress=False, rows=rows[rows % 2 == r]) for r in (0, 1)]
-    merged = dpddpm.CostMatrix.merge(parts)
+    merged = dpddpm.merge_costs(parts)
     np.testing.assert_allclose(merged.mse, whole.mse, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(merged.mse_stderr, whole.mse_stderr, rtol=1e-5, equal_nan=True)
     halves = [dpddpm.cost_matrix(model, d, progress=False) for d in (data[:12], data[12:])]
-    pooled = dpddpm.CostMatrix.merge(halves)  # data shards: m_t pooled over images
+    pooled = dpddpm.merge_costs(halves)  # data shards: m_t pooled over images
     np.testing.assert_allclose(pooled.mse[1:], (halves[0].mse[1:] + halves[1].mse[1:]) / 2, rtol=1e-12)
     ckpt = tmp_path / "r.npz"
     dpddpm.cost_matrix(model, data, progress=False, rows=[8, 7, 1], checkpoint=ckpt)

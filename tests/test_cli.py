@@ -144,14 +144,15 @@ def test_reproduce_pipeline_on_tiny_model(tmp_path):
         progress=False,
         name="tiny",
     )
-    assert [r["K"] for r in res["rows"]] == [2, 4]
-    for r in res["rows"]:
+    assert [r.K for r in res.rows] == [2, 4]
+    for r in res.rows:
         for kind in ("even", "quadratic", "dp"):
-            assert np.isfinite(r[kind]["test_bpd"]) and len(r[kind]["schedule"]) == r["K"]
-        assert r["dp"]["selection_bpd"] <= r["even"]["selection_bpd"] + 1e-12
-    assert res["full"]["K"] == T and np.isfinite(res["full"]["test_bpd"])
-    t = res["timing"]
-    assert t["cost_matrix_network_calls"] > 0 and 0 < t["cost_matrix_network_s"] <= t["cost_matrix_s"]
+            figures = getattr(r, kind)
+            assert np.isfinite(figures.test_bpd) and len(figures.schedule) == r.K
+        assert r.dp.selection_bpd <= r.even.selection_bpd + 1e-12
+    assert res.full.K == T and np.isfinite(res.full.test_bpd)
+    t = res.timing
+    assert t.cost_matrix_network_calls > 0 and 0 < t.cost_matrix_network_s <= t.cost_matrix_s
     for name in ("results.json", "results.md", "results.png", "costs.npz"):
         assert (tmp_path / name).exists()
     assert "| 4 |" in (tmp_path / "results.md").read_text()
@@ -168,8 +169,8 @@ def test_reproduce_pipeline_on_tiny_model(tmp_path):
         resume=True,
         skip_full=True,
     )
-    assert again["rows"][1]["dp"]["schedule"] == res["rows"][1]["dp"]["schedule"]
-    assert again["full"] is None
+    assert again.rows[1].dp.schedule == res.rows[1].dp.schedule
+    assert again.full is None
 
 
 @pytest.mark.parametrize(
@@ -290,7 +291,7 @@ def test_fit_variances_then_use_them_everywhere(tmp_path, capsys):
     assert cli.main(["costs", *sel, "--batch-size", "4096", "--quiet", "--out", str(costs)]) == 0
     assert cli.main(["fit-variances", *sel, "--costs", str(costs), "--out", str(variances)]) == 0
     av = dpddpm.AnalyticVariances.load(variances)
-    assert av.info["N"] == 12 and av.info["model_variance"] == "fixed_small"
+    assert av.info.N == 12 and av.info.model_variance == "fixed_small"
     test = ["--pretrained", "digits-simple", "--digits-split", "test", "--limit", "10", "--device", "cpu"]
     out = tmp_path / "e.json"
     assert cli.main(["elbo", *test, "--variances", str(variances), "--even", "8", "--quiet", "--json", str(out)]) == 0

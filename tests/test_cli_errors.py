@@ -443,7 +443,7 @@ def test_merge_with_a_forgotten_out_says_so(tmp_path, capsys):
 def test_merge_of_data_shards_is_not_called_same_data(tmp_path, capsys):
     a, b = _complete(tmp_path, "a.npz", 1), _complete(tmp_path, "b.npz", 2)  # same N, other images
     assert cli.main(["merge", str(tmp_path / "m.npz"), str(a), str(b)]) == 0
-    assert dpddpm.CostMatrix.load(tmp_path / "m.npz").meta["N"] == 8
+    assert dpddpm.CostMatrix.load(tmp_path / "m.npz").info.N == 8
     assert "twice" in _fails(["merge", tmp_path / "m2.npz", a, a], capsys)  # one shard twice: the library says so
 
 
@@ -532,7 +532,7 @@ def test_stopped_runs_say_where_the_rows_are(exc, code, what, tiny, tmp_path, ca
         dpddpm.CostMatrix(kl=np.ones((T + 1, T + 1)), decoder=np.ones(T + 1), prior=np.ones(T + 1)).save(checkpoint)
         raise exc
 
-    monkeypatch.setattr(dpddpm.costs, "cost_matrix", stopped)
+    monkeypatch.setattr(dpddpm.checkpoint, "cost_matrix", stopped)
     out = tmp_path / "c.npz"
     assert cli.main(["costs", *MODEL, "--quiet", "--out", str(out)]) == code
     assert capsys.readouterr().err == (
@@ -541,12 +541,12 @@ def test_stopped_runs_say_where_the_rows_are(exc, code, what, tiny, tmp_path, ca
 
 
 def test_out_of_gpu_memory_says_lower_the_batch_size(tiny, tmp_path, capsys, monkeypatch):
-    import dpddpm.costs
+    import dpddpm.checkpoint
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(dpddpm.costs, "cost_matrix", out_of_memory)
+    monkeypatch.setattr(dpddpm.checkpoint, "cost_matrix", out_of_memory)
     assert cli.main(["costs", *MODEL, "--quiet", "--out", str(tmp_path / "c.npz")]) == 2
     err = capsys.readouterr().err
     assert "lower --batch-size" in err and "Traceback" not in err

@@ -160,7 +160,7 @@ def test_data_sharding_merges_means_and_standard_errors():
             meta={"data_fingerprint": data_id, "N": len(x)},
         )
 
-    merged = dpddpm.CostMatrix.merge([summarize(samples[:13], "a"), summarize(samples[13:], "b")])
+    merged = dpddpm.merge_costs([summarize(samples[:13], "a"), summarize(samples[13:], "b")])
     whole = summarize(samples, "ab")
     np.testing.assert_allclose(merged.kl, whole.kl, rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(merged.stderr, whole.stderr, rtol=1e-10, equal_nan=True)
@@ -187,7 +187,7 @@ def test_data_shards_pool_the_prior_and_the_counts():
     model = tiny_model(T=6)
     data = discrete_data(30, seed=4)
     halves = [dpddpm.cost_matrix(model, d, progress=False, seed=s) for d, s in ((data[:12], 0), (data[12:], 1))]
-    merged = dpddpm.CostMatrix.merge(halves)
+    merged = dpddpm.merge_costs(halves)
     full = dpddpm.cost_matrix(model, data, progress=False)
     np.testing.assert_allclose(merged.prior, full.prior, rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(merged.prior_stderr, full.prior_stderr, rtol=1e-9, equal_nan=True)

@@ -57,7 +57,7 @@ def test_batch_size_and_row_sharding_do_not_change_the_result(tmp_path):
         for r in (range(1, 4), range(4, 11))
     ]
     assert not parts[0].is_complete
-    merged = dpddpm.CostMatrix.merge(parts)
+    merged = dpddpm.merge_costs(parts)
     assert merged.is_complete
     np.testing.assert_allclose(merged.kl, full.kl, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(merged.stderr, full.stderr, rtol=1e-5, equal_nan=True)

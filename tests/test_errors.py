@@ -122,20 +122,20 @@ def _part(model, data, rows, seed=0):
 def test_merge_refuses_double_counting_mixing_and_other_models():
     model, data = tiny_model(T=6), discrete_data(5)
     a, b = _part(model, data, [1, 2, 3]), _part(model, data, [4, 5, 6])
-    assert dpddpm.CostMatrix.merge([a, b]).is_complete
+    assert dpddpm.merge_costs([a, b]).is_complete
     with pytest.raises(ValueError, match="count those samples twice"):
-        dpddpm.CostMatrix.merge([a, a])
+        dpddpm.merge_costs([a, a])
     with pytest.raises(ValueError, match="count those samples twice"):
-        dpddpm.CostMatrix.merge([a, _part(model, data, [3, 4, 5, 6])])
+        dpddpm.merge_costs([a, _part(model, data, [3, 4, 5, 6])])
     with pytest.raises(ValueError, match="different seed"):  # replay would use the wrong noise
-        dpddpm.CostMatrix.merge([a, _part(model, data, [4, 5, 6], seed=1)])
+        dpddpm.merge_costs([a, _part(model, data, [4, 5, 6], seed=1)])
     other_rows = _part(model, discrete_data(5, seed=8), [4, 5, 6])
     with pytest.raises(ValueError, match="different data but cover different rows"):
-        dpddpm.CostMatrix.merge([a, other_rows])
+        dpddpm.merge_costs([a, other_rows])
     other = tiny_model(T=6)
     with torch.no_grad():
         next(other.net.parameters()).mul_(2.0)
     with pytest.raises(ValueError, match="weights_fingerprint"):
-        dpddpm.CostMatrix.merge([a, _part(other, data, [4, 5, 6])])
+        dpddpm.merge_costs([a, _part(other, data, [4, 5, 6])])
     with pytest.raises(ValueError, match="variance"):
-        dpddpm.CostMatrix.merge([a, _part(tiny_model(T=6, variance="fixed_small"), data, [4, 5, 6])])
+        dpddpm.merge_costs([a, _part(tiny_model(T=6, variance="fixed_small"), data, [4, 5, 6])])

@@ -106,7 +106,7 @@ def test_in_sample_elbo_refuses_what_it_cannot_replay():
     )
     with pytest.raises(ValueError, match=r"rows \[4\]"):
         dpddpm.in_sample_elbo(model, data, partial, [8, 4, 1])
-    halves = dpddpm.CostMatrix.merge(
+    halves = dpddpm.merge_costs(
         [dpddpm.cost_matrix(model, d, progress=False, seed=k) for k, d in enumerate((data[:5], data[5:]))]
     )
     with pytest.raises(ValueError, match="data shards"):

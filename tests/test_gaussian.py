@@ -11,15 +11,13 @@ from torch.distributions import Normal, kl_divergence
 import dpddpm
 from dpddpm.gaussian import (
     discretized_gaussian_nll,
-    model_log_variance,
     normal_kl,
     predict_eps,
     predict_x0,
     q_sample,
     range_fraction,
 )
-from dpddpm.terms import jump_log_variance, log_variance_range
-from dpddpm.types import VARIANCE_KINDS, VarianceKind
+from dpddpm.variances import VARIANCE_KINDS, VarianceKind, jump_log_variance, log_variance_range, model_log_variance
 
 SCHED = dpddpm.NoiseSchedule.cosine(100)
 T_BATCH = torch.tensor([1, 2, 50, 99, 100, 1])

@@ -407,7 +407,7 @@ def test_diffusers_ddpm_scheduler_steps_match_ours(tmp_path: Path, variance: str
 
 
 def test_cost_matrix_of_a_diffusers_model(tmp_path: Path) -> None:
-    costs = pytest.importorskip("dpddpm.costs")
+    costs = pytest.importorskip("dpddpm.checkpoint")
     _save_pipeline(tmp_path, out_channels=6, variance_type="learned_range")
     m = load_diffusers(tmp_path)
     data = torch.randint(0, 256, (3, 3, 8, 8), generator=torch.Generator().manual_seed(0)) / 127.5 - 1

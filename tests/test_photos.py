@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -91,8 +92,8 @@ def test_area_downsample_is_exact_averaging():
 
 
 def test_train_split_without_scikit_image_names_it(monkeypatch):
-    real = D.importlib.util.find_spec
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None if name == "skimage" else real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "skimage" else real(name))
     D.split_uint8.cache_clear()
     try:
         with pytest.raises(ModuleNotFoundError, match="pip install scikit-image"):

@@ -223,7 +223,7 @@ def assert_same_matrix(a: dpddpm.CostMatrix, b: dpddpm.CostMatrix, rtol: float =
 @given(case=sharded())
 def test_merging_row_shards_gives_the_whole(case: tuple[dpddpm.CostMatrix, list[dpddpm.CostMatrix]]) -> None:
     whole, parts = case
-    merged = dpddpm.CostMatrix.merge(parts)
+    merged = dpddpm.merge_costs(parts)
     assert merged.is_complete
     assert_same_matrix(merged, whole)  # pooling divides and multiplies by counts: round-off, not bits
     assert merged.meta == whole.meta
@@ -242,7 +242,7 @@ def test_merging_computed_row_shards_gives_the_whole(blocks: list[set[int]]) -> 
         rows=rows,
     )
     whole = compute()
-    merged = dpddpm.CostMatrix.merge([compute(sorted(rows)) for rows in blocks])
+    merged = dpddpm.merge_costs([compute(sorted(rows)) for rows in blocks])
     # Shards batch their rows differently, and each batch fits its own Chebyshev interval for the
     # learned-variance sum: agreement is to the expansion's accuracy (~1e-9), not to the last bit.
     assert_same_matrix(merged, whole, rtol=1e-7)

@@ -1,4 +1,4 @@
-"""The digits sample-quality scores (dpddpm.quality) and the classifier behind them (dpddpm.digits.classifier).
+"""The digits sample-quality scores (dpddpm.digits.quality) and the classifier behind them (dpddpm.digits.classifier).
 
 The Fréchet distance is checked against closed forms and an independent matrix square root; the scores on real,
 re-split and noise-damaged images; the bundled weights against their card; the training for reproducibility
@@ -17,16 +17,10 @@ import torch
 from dpddpm.digits import classifier_card, digits_labels, digits_split, load_classifier
 from dpddpm.digits.classifier import CLASSIFIER_NAME, accuracy, file_sha256
 from dpddpm.digits.data import SPLITS
+from dpddpm.digits.frechet import frechet_distance, frechet_distance_gaussians, gaussian_stats
+from dpddpm.digits.quality import DigitsScore, add_noise, load_digits_score
 from dpddpm.digits.train_classifier import ClassifierRecipe, train_classifier
 from dpddpm.digits.train_classifier import main as train_main
-from dpddpm.quality import (
-    DigitsScore,
-    add_noise,
-    frechet_distance,
-    frechet_distance_gaussians,
-    gaussian_stats,
-    load_digits_score,
-)
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4, 0.8)
 
@@ -60,7 +54,7 @@ def random_cov(rng: np.random.Generator, d: int, cond: float = 1e3) -> np.ndarra
 
 def trace_sqrt_denman_beavers(a: np.ndarray, iters: int = 60) -> float:
     """tr sqrt(a) of a non-symmetric a with positive eigenvalues, by the Denman–Beavers iteration (no eigen-
-    decomposition: independent of the route in dpddpm.quality)."""
+    decomposition: independent of the route in dpddpm.digits.frechet)."""
     y, z = a.copy(), np.eye(len(a))
     for _ in range(iters):
         y, z = 0.5 * (y + np.linalg.inv(z)), 0.5 * (z + np.linalg.inv(y))

@@ -123,7 +123,7 @@ def test_5_merge_keeps_mse_row_by_row_when_a_part_lacks_it(model, data, tmp_path
     a = dpddpm.cost_matrix(model, data, progress=False, rows=[1, 3, 5])
     b = dpddpm.cost_matrix(model, data, progress=False, rows=[2, 4, 6])
     b.mse = b.mse_stderr = None  # a file from before mse existed
-    merged = dpddpm.CostMatrix.merge([a, b])
+    merged = dpddpm.merge_costs([a, b])
     assert merged.mse is not None
     np.testing.assert_array_equal(merged.mse[[1, 3, 5]], a.mse[[1, 3, 5]])
     assert np.isnan(merged.mse[[2, 4, 6]]).all()
@@ -187,14 +187,14 @@ def test_7_fit_variances_batch_size_on_the_command_line(capsys):
 def test_8_merge_refuses_row_shards_of_other_seeds_or_noise_devices(model, data):
     a = dpddpm.cost_matrix(model, data, progress=False, rows=[1, 3, 5], seed=0)
     with pytest.raises(ValueError, match="different seed"):
-        dpddpm.CostMatrix.merge([a, dpddpm.cost_matrix(model, data, progress=False, rows=[2, 4, 6], seed=1)])
+        dpddpm.merge_costs([a, dpddpm.cost_matrix(model, data, progress=False, rows=[2, 4, 6], seed=1)])
     b = dpddpm.cost_matrix(model, data, progress=False, rows=[2, 4, 6], seed=0)
     b.info = b.info.replace(noise_device="cuda")
     with pytest.raises(ValueError, match="different noise_device"):
-        dpddpm.CostMatrix.merge([a, b])
+        dpddpm.merge_costs([a, b])
     # an older part that records no seed: the merge goes through, but the merged file cannot be replayed
     b.info = b.info.replace(noise_device="cpu", seed=None)
-    merged = dpddpm.CostMatrix.merge([a, b])
+    merged = dpddpm.merge_costs([a, b])
     assert merged.info.seed is None
     with pytest.raises(ValueError, match="records no seed"):
         dpddpm.in_sample_elbo(model, data, merged, [T, 3, 1])
@@ -205,11 +205,11 @@ def test_9_overlapping_data_shards_are_refused(model):
     first4 = dpddpm.cost_matrix(model, data, progress=False)
     first2 = dpddpm.cost_matrix(model, data[:2], progress=False)
     with pytest.raises(ValueError, match="shares 2 image"):
-        dpddpm.CostMatrix.merge([first4, first2])
-    disjoint = dpddpm.CostMatrix.merge([dpddpm.cost_matrix(model, data[2:], progress=False), first2])
+        dpddpm.merge_costs([first4, first2])
+    disjoint = dpddpm.merge_costs([dpddpm.cost_matrix(model, data[2:], progress=False), first2])
     assert disjoint.info.N == 4 and len(disjoint.image_hashes) == 4
     with pytest.raises(ValueError, match="shares 2 image"):  # the merged file still knows its images
-        dpddpm.CostMatrix.merge([disjoint, dpddpm.cost_matrix(model, data[1:3], progress=False)])
+        dpddpm.merge_costs([disjoint, dpddpm.cost_matrix(model, data[1:3], progress=False)])
 
 
 def test_10_fresh_elbo_does_not_depend_on_the_batch_size(model):

@@ -1,9 +1,10 @@
 """The ``dpddpm`` command line: cost matrices, optimal schedules, ELBOs, samples, exports, Table 1.
 
 Every subcommand has ``--help``. The command line only parses (:mod:`.parser`), loads what its options name
-(:mod:`.inputs`), calls the library (:mod:`.commands`) and reports (:mod:`.errors`): errors that are the user's
-print their whole message and exit with code 2, without a traceback; anything else is a bug and keeps its
-traceback; Ctrl-C exits with 130, SIGTERM with 143. Outputs are checked before any model or data is loaded.
+(:mod:`.inputs`), calls the library (:mod:`.commands`, :mod:`.merging`, :mod:`.samples`) and reports
+(:mod:`.errors`): errors that are the user's print their whole message and exit with code 2, without a
+traceback; anything else is a bug and keeps its traceback; Ctrl-C exits with 130, SIGTERM with 143. Outputs are
+checked before any model or data is loaded.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -248,37 +248,33 @@ def require_mse(costs: CostMatrix, file: str | os.PathLike, command: str, partia
 
 
 def _check_costs_fit(costs: CostMatrix, model: DDPM, file: Path, replay: str | None = None) -> None:
-    """Refuse a matrix whose metadata name another model: its schedules are optimal for that model only."""
-    from ..fingerprint import model_fingerprint
+    """Refuse a matrix whose run info names another model: its schedules are optimal for that model only."""
+    from ..fingerprint import mismatches
 
     if costs.T != model.T:
         raise UsageError(f"the cost matrix {file} has T = {costs.T} but the model has T = {model.T}")
-    ours: dict[str, Any] = {
-        "variance": model.variance,
-        "num_bins": model.num_bins,
-        "clip_denoised": model.clip_denoised,
-    }
-    if "weights_fingerprint" in costs.meta:  # hashing the weights costs a pass over them: only when comparable
-        ours["weights_fingerprint"] = model_fingerprint(model)
-    wrong = [k for k, v in ours.items() if k in costs.meta and costs.meta[k] != v]
-    if wrong:
-        detail = "; ".join(f"{k}: {costs.meta[k]!r} in the file, {ours[k]!r} for the model" for k in wrong)
-        if replay:  # the matrix's own model is needed: taking its schedule over cannot help
-            analytic = costs.meta.get("variance") == "analytic" and model.variance != "analytic"
-            if replay == "fit-variances" and analytic:
-                fix = "fit-variances needs a matrix of the model's own variances (`dpddpm costs` without --variances)"
-            elif analytic:
-                fix = "add --variances FILE, the analytic variances it was computed with"
-            elif model.variance == "analytic":
-                fix = "leave out --variances"
-            else:
-                fix = f"{replay} needs the model that computed it"
-            raise UsageError(f"the cost matrix {file} was computed by another model ({detail}); {fix}")
+    wrong, ours = mismatches(costs.info, model)  # hashes the weights only when the file records their hash
+    if not wrong:
+        return
+    recorded = costs.info
+    detail = "; ".join(f"{k}: {getattr(recorded, k)!r} in the file, {getattr(ours, k)!r} for the model" for k in wrong)
+    if replay is None:
         raise UsageError(
             f"the cost matrix {file} was computed for another model ({detail}). To use its schedule "
             f"on this model anyway: dpddpm schedule {file} --steps K --json S.json, then pass "
             "--schedule-json S.json"
         )
+    # a replay needs the matrix's own model: taking its schedule over cannot help
+    analytic = recorded.variance == "analytic" and model.variance != "analytic"
+    if replay == "fit-variances" and analytic:
+        fix = "fit-variances needs a matrix of the model's own variances (`dpddpm costs` without --variances)"
+    elif analytic:
+        fix = "add --variances FILE, the analytic variances it was computed with"
+    elif model.variance == "analytic":
+        fix = "leave out --variances"
+    else:
+        fix = f"{replay} needs the model that computed it"
+    raise UsageError(f"the cost matrix {file} was computed by another model ({detail}); {fix}")
 
 
 def best_schedule(

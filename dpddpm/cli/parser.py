@@ -1,5 +1,6 @@
 """The options of every subcommand of ``dpddpm`` (argparse), with the shared groups for a model, data and a
-schedule. Each subcommand's ``func`` is its function in :mod:`.commands`."""
+schedule. Each subcommand's ``func`` is its ``cmd_*`` function in :mod:`.commands`, :mod:`.merging` or
+:mod:`.samples`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..validation import check_batch_size, check_int, check_seconds, check_seed
-from . import commands
+from . import commands, merging, samples
 
 
 def _checked(check: Callable[[Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
@@ -132,7 +133,7 @@ def _add_merge(sub) -> None:
     p = _command(
         sub,
         "merge",
-        commands.cmd_merge,
+        merging.cmd_merge,
         "merge partial cost matrices (shards) into one file",
         "Merge partial cost-matrix files (e.g. torchrun ranks) and check completeness.",
     )
@@ -180,7 +181,7 @@ def _add_sample(sub) -> None:
     p = _command(
         sub,
         "sample",
-        commands.cmd_sample,
+        samples.cmd_sample,
         "draw samples on a schedule",
         "Sample with a model on a schedule; writes a PNG grid or an .npy array.",
         _add_model_args,

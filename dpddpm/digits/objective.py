@@ -7,17 +7,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from ..gaussian import discretized_gaussian_nll, model_log_variance, normal_kl, predict_x0, q_sample, range_fraction
+from ..gaussian import discretized_gaussian_nll, normal_kl
 from ..model import DDPM
+from ..netpass import network_pass
 from ..schedule import NoiseSchedule
 from ..terms import LN2, prior_bpd
-from ..types import VarianceKind
 from ..validation import check_batch_size
+from ..variances import VarianceKind, jump_log_variance
 from .data import NUM_BINS
 
 
@@ -31,10 +30,8 @@ class ScheduleTable:
         def pad(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.concatenate([[np.nan, np.nan], a]), device=device)
 
-        self.log_beta, self.log_post, self.c1 = pad(np.log(j.beta)), pad(np.log(j.beta_post)), pad(j.c1)
-        # decoder (t = 1, next kept time 2): beta~_{1|2} and the learned range's upper end log(1 - ab_1)
-        self.dec_log_post = math.log(float(sched.jump(2, 1).beta_post))
-        self.dec_log_hi = math.log(1.0 - float(sched.alpha_bar[1]))
+        self.sched = sched
+        self.log_post, self.c1 = pad(np.log(j.beta_post)), pad(j.c1)
 
 
 def vlb_terms(
@@ -54,10 +51,8 @@ def vlb_terms(
     """
     dec = (t == 1)[:, None]
     tt = t.clamp(min=2)  # the decoder's lanes compute a KL that is then discarded
-    lo, hi = tab.log_post[tt][:, None], tab.log_beta[tt][:, None]
-    lo = torch.where(dec, torch.full_like(lo, tab.dec_log_post), lo)
-    hi = torch.where(dec, torch.full_like(hi, tab.dec_log_hi), hi)
-    log_var = model_log_variance(variance, lo, hi, None if v is None else range_fraction(v), decoder=dec)
+    # each sample's own jump t -> t - 1 (the decoder 1 -> 0 with next kept time 2), by the model's variance rule
+    log_var = jump_log_variance(tab.sched, t[:, None], (t - 1)[:, None], v, variance, device=x0.device)
     kl = normal_kl(tab.c1[tt][:, None] * (x0 - x0_hat), tab.log_post[tt][:, None], log_var)
     nll = discretized_gaussian_nll(x0, x0_hat, log_var, num_bins)
     return torch.where(dec, nll, kl).mean(dim=1) / LN2
@@ -91,8 +86,7 @@ class QuickELBO:
         self.weight = torch.cat([torch.ones(1, dtype=torch.float64), width]).to(device)  # per column
         self.cols = strata + 1
         self.x0 = data.reshape(N, 1, -1).expand(N, self.cols, D).reshape(-1, D).double().to(device)
-        noise = torch.randn(self.x0.shape, generator=gen, dtype=torch.float64).to(device)
-        self.x_t = q_sample(sched, self.t, self.x0, noise).float()
+        self.noise = torch.randn(self.x0.shape, generator=gen, dtype=torch.float64).to(device)
         self.sched = sched
         self.prior = float(prior_bpd(sched, sched.T, data.double()).mean())
         self.tab = ScheduleTable(sched, torch.device(device))
@@ -105,11 +99,9 @@ class QuickELBO:
         totals = {k: torch.zeros((), dtype=torch.float64) for k in variances}
         for a in range(0, self.t.shape[0], batch_size):
             sl = slice(a, a + batch_size)
-            t, x_t, x0 = self.t[sl], self.x_t[sl], self.x0[sl]
-            eps, v = model.predict(x_t.reshape(-1, *self.data_shape), t)
-            x0_hat = predict_x0(self.sched, t, x_t, eps.reshape(x_t.shape), clip=True)
+            t, x0 = self.t[sl], self.x0[sl]
+            x0_hat, v = network_pass(model, t, x0, self.noise[sl])
             w = self.weight[torch.arange(a, a + len(t), device=t.device) % self.cols]
             for k in variances:
-                vk = None if v is None else v.reshape(x_t.shape)
-                totals[k] += (w * vlb_terms(self.tab, t, x0, x0_hat, vk, k, model.num_bins)).sum().cpu()
+                totals[k] += (w * vlb_terms(self.tab, t, x0, x0_hat, v, k, model.num_bins)).sum().cpu()
         return {k: self.prior + float(v) / self.N for k, v in totals.items()}

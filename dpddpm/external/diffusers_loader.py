@@ -23,10 +23,6 @@ from .improved_diffusion import CheckpointMismatchError
 
 __all__ = ["load_diffusers", "diffusers_schedule"]
 
-# --------------------------------------------------------------------------------------------------
-# diffusers
-# --------------------------------------------------------------------------------------------------
-
 _DIFFUSERS_VARIANCE = {
     "fixed_small": "fixed_small",
     "fixed_small_log": "fixed_small",
@@ -214,7 +210,10 @@ def load_diffusers(
 
     Raises:
         ImportError: diffusers is not installed.
-        FileNotFoundError: no folder, no UNet or no scheduler configuration.
+        FileNotFoundError: no folder, no UNet or no scheduler configuration (NotADirectoryError: a file).
+        ValueError: a scheduler field of the wrong type or range, unreadable or unsafe UNet files, or a UNet
+            whose output channels do not fit the variance type.
+        CheckpointMismatchError: the UNet's weights do not match its ``config.json``.
         NotImplementedError: a prediction type other than epsilon, variance type ``learned``, or a beta
             schedule that has no float64 equivalent here.
     """
@@ -225,6 +224,43 @@ def load_diffusers(
         raise FileNotFoundError(f"diffusers model folder not found: {folder}")
     _import_diffusers()
     config = _scheduler_config(folder)
+    variance_type, clip_denoised = _supported_scheduler(config, clip_denoised)
+    schedule = diffusers_schedule(config)
+
+    unet = _load_unet(folder)
+    variance = _DIFFUSERS_VARIANCE[variance_type]
+    model = DDPM(
+        unet,
+        schedule,
+        variance,
+        time_input="index",
+        data_shape=_data_shape(unet.config, variance_type),
+        num_bins=256,
+        clip_denoised=clip_denoised,
+    )
+    return model.to(device).eval()
+
+
+def _data_shape(unet_config: Any, variance_type: str) -> tuple[int, ...]:
+    """(in_channels, height, width) of a ``UNet2DModel``'s configuration, after checking that its output channels
+    fit the variance type (twice the input's for a learned variance)."""
+    size = unet_config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    channels = int(unet_config.in_channels)
+    expected_out = 2 * channels if _DIFFUSERS_VARIANCE[variance_type] == "learned_range" else channels
+    if int(unet_config.out_channels) != expected_out:
+        raise ValueError(
+            f"variance_type {variance_type!r} needs a UNet with {expected_out} output channels, "
+            f"got out_channels={unet_config.out_channels}"
+        )
+    return (channels, *size)
+
+
+def _supported_scheduler(config: Mapping[str, Any], clip_denoised: bool | None) -> tuple[str, bool]:
+    """(the scheduler's variance type, whether to clip x^_0): refuse what dpddpm cannot reproduce in float64.
+
+    ``clip_denoised``: the caller's choice, or None to take the scheduler's ``clip_sample``.
+    """
     if config.get("prediction_type", "epsilon") != "epsilon":
         raise NotImplementedError(
             f"prediction_type {config['prediction_type']!r} is not supported; dpddpm needs epsilon prediction"
@@ -240,26 +276,4 @@ def load_diffusers(
             raise NotImplementedError("clip_sample_range other than 1.0 is not supported; pass clip_denoised")
         if config.get("thresholding", False):
             raise NotImplementedError("dynamic thresholding is not supported; pass clip_denoised explicitly")
-    schedule = diffusers_schedule(config)
-
-    unet = _load_unet(folder)
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    channels = int(unet.config.in_channels)
-    variance = _DIFFUSERS_VARIANCE[variance_type]
-    expected_out = 2 * channels if variance == "learned_range" else channels
-    if int(unet.config.out_channels) != expected_out:
-        raise ValueError(
-            f"variance_type {variance_type!r} needs a UNet with {expected_out} output channels, "
-            f"got out_channels={unet.config.out_channels}"
-        )
-    model = DDPM(
-        unet,
-        schedule,
-        variance,
-        time_input="index",
-        data_shape=(channels, *size),
-        num_bins=256,
-        clip_denoised=clip_denoised,
-    )
-    return model.to(device).eval()
+    return variance_type, clip_denoised

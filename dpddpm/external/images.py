@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import npz_arrays
+from ..npzread import npz_arrays
 
 CIFAR_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".png",)

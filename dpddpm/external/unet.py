@@ -12,21 +12,13 @@ Shapes: ``B`` is the batch size, ``C`` a channel count, ``H`` and ``W`` the spat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "UNetModel",
-    "ResBlock",
-    "AttentionBlock",
-    "Downsample",
-    "Upsample",
-    "GroupNorm32",
-    "timestep_embedding",
-]
+__all__ = ["UNetModel", "ResBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm32", "timestep_embedding"]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -230,42 +222,15 @@ class UNetModel(nn.Module):
         def res_block(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm=use_scale_shift_norm)
 
+        # Created (and so drawn from the random generator) in the same order as improved-diffusion's modules.
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
-        # Encoder: one entry per saved skip activation.
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
-        )
-        skip_channels = [model_channels]
-        ch, ds = model_channels, 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                skip_channels.append(ch)
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
-                skip_channels.append(ch)
-                ds *= 2
-
+        # (channels, with attention) of each resolution level, finest first; level L downsamples by ds = 2**L
+        levels = [(mult * model_channels, 2**level in attention_resolutions) for level, mult in enumerate(channel_mult)]
+        self.input_blocks, skips = _encoder(in_channels, model_channels, levels, num_res_blocks, num_heads, res_block)
+        ch = skips[-1]
         self.middle_block = TimestepEmbedSequential(res_block(ch, ch), AttentionBlock(ch, num_heads), res_block(ch, ch))
-
-        # Decoder: each block consumes one skip activation, concatenated along channels.
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                layers = [res_block(ch + skip_channels.pop(), mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    layers.append(Upsample(ch))
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-
+        self.output_blocks = _decoder(levels, num_res_blocks, num_heads_upsample, res_block, skips)
+        ch = levels[0][0]
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -284,3 +249,52 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
+
+
+def _encoder(
+    in_channels: int,
+    model_channels: int,
+    levels: Sequence[tuple[int, bool]],
+    num_res_blocks: int,
+    num_heads: int,
+    res_block: Callable[[int, int], ResBlock],
+) -> tuple[nn.ModuleList, list[int]]:
+    """The UNet's ``input_blocks`` and the channels of the activation each saves for a skip connection: per level
+    of ``levels`` (channels, with attention), residual blocks (+ attention), then a downsampling but on the last."""
+    blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+    ch, skips = model_channels, [model_channels]
+    for level, (width, attention) in enumerate(levels):
+        for _ in range(num_res_blocks):
+            layers: list[nn.Module] = [res_block(ch, width)]
+            ch = width
+            if attention:
+                layers.append(AttentionBlock(ch, num_heads))
+            blocks.append(TimestepEmbedSequential(*layers))
+            skips.append(ch)
+        if level != len(levels) - 1:
+            blocks.append(TimestepEmbedSequential(Downsample(ch)))
+            skips.append(ch)
+    return blocks, skips
+
+
+def _decoder(
+    levels: Sequence[tuple[int, bool]],
+    num_res_blocks: int,
+    num_heads: int,
+    res_block: Callable[[int, int], ResBlock],
+    skips: list[int],
+) -> nn.ModuleList:
+    """The UNet's ``output_blocks``, coarsest level first: each takes one skip activation, concatenated along
+    channels (``skips``: their channels, popped from the end); each level but the finest ends in an upsampling."""
+    blocks = nn.ModuleList()
+    ch = skips[-1]
+    for level, (width, attention) in reversed(list(enumerate(levels))):
+        for i in range(num_res_blocks + 1):
+            layers = [res_block(ch + skips.pop(), width)]
+            ch = width
+            if attention:
+                layers.append(AttentionBlock(ch, num_heads))
+            if level and i == num_res_blocks:
+                layers.append(Upsample(ch))
+            blocks.append(TimestepEmbedSequential(*layers))
+    return blocks

@@ -3,7 +3,10 @@ packages ship, their likelihood baselines, and the training command of an improv
 
 Nothing here is part of ``dpddpm``'s public API yet; import the submodules directly:
 
-- :mod:`dpddpm.photos.data`: the photographs, their licences, the crops and the splits (``photos_split``);
+- :mod:`dpddpm.photos.data`: the splits (``photos_split``), read from the files shipped in the package; made from
+  :mod:`dpddpm.photos.photographs` (the photographs and their licences) and :mod:`dpddpm.photos.crops` (the crops);
 - :mod:`dpddpm.photos.baselines`: lossless PNG and WebP bits/dim, and a per-pixel categorical model;
-- :mod:`dpddpm.photos.train`: ``python -m dpddpm.photos.train photos-simple|photos-hybrid --out DIR``.
+- :mod:`dpddpm.photos.train`: ``python -m dpddpm.photos.train photos-simple|photos-hybrid --out DIR``, built from
+  :mod:`~dpddpm.photos.recipe`, :mod:`~dpddpm.photos.trainer`, :mod:`~dpddpm.photos.resume` and
+  :mod:`~dpddpm.photos.outputs`.
 """

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..baselines import categorical_bpd as shared_categorical_bpd
+from ..stats import sem
 from .data import IMAGE_SIZE, NUM_BINS, SIZES, shrink, split_uint8
 
 
 def _per_image(values: list[float] | np.ndarray) -> dict[str, float]:
     """Mean and standard error over images of per-image bits/dim."""
     v = np.asarray(values, dtype=np.float64)
-    return {"bpd": float(v.mean()), "stderr": float(v.std(ddof=1) / math.sqrt(len(v))), "N": int(len(v))}
+    return {"bpd": float(v.mean()), "stderr": sem(v), "N": int(len(v))}
 
 
 def _encoded(image: np.ndarray, fmt: str, **options: Any) -> bytes:
@@ -81,15 +82,10 @@ def webp_bpd(images: np.ndarray) -> np.ndarray | None:
 def categorical_bpd(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Per-image bits/dim of independent per-dimension 256-level categoricals fitted on ``train``, add-one smoothed.
 
-    train, test: uint8 (N, H, W, 3) with the same image shape. Returns (N_test,) float64.
+    train, test: uint8 (N, H, W, 3) with the same image shape. Returns (N_test,) float64
+    (:func:`dpddpm.baselines.categorical_bpd` on the pixel values).
     """
-    flat_train = train.reshape(len(train), -1).astype(np.int64)  # (N, D)
-    D = flat_train.shape[1]
-    counts = np.ones((D, NUM_BINS), dtype=np.float64)  # add-one smoothing
-    np.add.at(counts, (np.broadcast_to(np.arange(D), flat_train.shape), flat_train), 1.0)
-    log2_p = np.log2(counts) - np.log2(counts.sum(axis=1, keepdims=True))  # (D, 256)
-    flat_test = test.reshape(len(test), -1).astype(np.int64)
-    return -log2_p[np.arange(D)[None, :], flat_test].mean(axis=1)
+    return shared_categorical_bpd(train, test, NUM_BINS)
 
 
 def baselines(split: str = "test", size: int = IMAGE_SIZE, *, with_categorical: bool = True) -> dict[str, Any]:
