@@ -103,8 +103,11 @@ def _edge_terms(
     variance depends on the next kept time ``t_above``. Returns one float64 (B,) array per edge.
     """
     B = x0.shape[0]
-    steps = torch.tensor([t for t, _ in edges], device=x0.device).repeat_interleave(B)
-    out = network_pass(model, steps, x0.repeat(len(edges), 1), torch.cat(noise), autocast)
+    if len(edges) == 1:  # one step for the whole batch: scalar coefficients
+        out = network_pass(model, edges[0][0], x0, noise[0], autocast)
+    else:
+        steps = torch.tensor([t for t, _ in edges], device=x0.device).repeat_interleave(B)
+        out = network_pass(model, steps, x0.repeat(len(edges), 1), torch.cat(noise), autocast)
     costs = []
     for j, (t, s) in enumerate(edges):
         sl = slice(j * B, (j + 1) * B)

@@ -11,7 +11,7 @@ from torch import nn
 from .schedule import NoiseSchedule
 from .types import Steps, TimeInput
 from .validation import check_finite
-from .variances import AnalyticVariances, VarianceKind, check_variance_rule
+from .variances import AnalyticVariances, VarianceKind, check_variance_rule, reads_network_variance
 
 
 class DDPM(nn.Module):
@@ -74,7 +74,7 @@ class DDPM(nn.Module):
 
     @property
     def learned_variance(self) -> bool:
-        return self.variance == "learned_range"
+        return reads_network_variance(self.variance)
 
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """Map 1-based int steps t, shape (B,), to what the net expects."""

@@ -30,7 +30,7 @@ from .gaussian import discretized_gaussian_nll, range_fraction
 from .schedule import NoiseSchedule
 from .stats import RowStats
 from .terms import LN2
-from .variances import AnalyticVariances, VarianceKind, jump_log_variance, row_log_ratio
+from .variances import AnalyticVariances, VarianceKind, jump_log_variance, reads_network_variance, row_log_ratio
 
 F64 = torch.float64
 
@@ -106,7 +106,7 @@ class KLRow:
     def add(self, err2: torch.Tensor, v: torch.Tensor | None) -> None:
         """Add samples: err2 = (x0 - x^0)^2 flattened to (B, D) float64; v the raw variance output or None."""
         self.mse_stats.add_samples(err2.mean(dim=1, keepdim=True))
-        if self.variance == "learned_range":
+        if reads_network_variance(self.variance):  # the KL is not affine in e^2: Chebyshev moments of f
             self._add_learned(err2, v)
             return
         sq = err2.sum(dim=1, keepdim=True)  # (B, 1)
@@ -167,7 +167,7 @@ class DecoderRow:
         B, D = x0.shape
         self.mse_stats.add_samples((x0 - x0_hat).pow(2).mean(dim=1, keepdim=True))
         U = self.u.shape[0]
-        v = None if v is None else v.reshape(B, D, 1)
+        v = v.reshape(B, D, 1) if v is not None and reads_network_variance(self.variance) else None
         if v is None:
             log_var = self._log_variance(self.u, None)  # (1, 1, U)
             if bool((log_var == log_var[..., :1]).all()):  # one variance whatever u (analytic): one NLL for all

@@ -35,6 +35,7 @@ __all__ = [
     "FitInfo",
     "VarianceKind",
     "check_variance_rule",
+    "reads_network_variance",
     "jump_log_variance",
     "log_variance_range",
     "model_log_variance",
@@ -47,6 +48,12 @@ VarianceKind = Literal["fixed_small", "fixed_large", "learned_range", "analytic"
 second output (Nichol & Dhariwal), or ``"analytic"``, beta~_{s|t} + c1^2 m_t with m_t the error of x^_0 frozen
 from a selection split (the KL-optimal isotropic variance; :mod:`dpddpm.analytic`)."""
 VARIANCE_KINDS: tuple[VarianceKind, ...] = get_args(VarianceKind)
+
+
+def reads_network_variance(variance: VarianceKind) -> bool:
+    """Whether the rule reads the network's variance output v (only ``learned_range``; an analytic model of a
+    learned-variance net receives v and ignores it)."""
+    return variance == "learned_range"
 
 
 def check_variance_rule(variance: str, analytic: AnalyticVariances | None) -> VarianceKind:
