@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from .files import atomic_write, npz_path, parse_json
+from .floatplanes import fits_float32, from_planes, savez_deflated, to_planes
 from .npzread import npz_arrays
 from .runinfo import RunInfo
 from .validation import check_int
@@ -49,7 +50,9 @@ class CostFields(Protocol):
     def rows_done(self) -> np.ndarray: ...
 
 
-FORMAT_VERSION = 2  # 2: only the computed rows' entries are stored; 1: full (T+1, T+1) matrices
+#: 3: format 2 in byte planes, deflated, standard errors in float32 (half the size or less); 2: only the computed
+#: rows' entries; 1: full (T+1, T+1) matrices. Every format is read.
+FORMAT_VERSION = 3
 #: the arrays of each file format: (required, optional)
 _ARRAYS = {
     1: (
@@ -60,7 +63,14 @@ _ARRAYS = {
         {"meta", "rows", "kl_packed", "decoder", "prior", "counts"},
         {"stderr_packed", "decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"},
     ),
+    3: (
+        {"meta", "rows", "kl_planes", "decoder", "prior", "counts"},
+        {"stderr_planes", "decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"},
+    ),
 }
+#: format 3 stores the packed edges as byte planes (:mod:`dpddpm.floatplanes`): the costs exactly (float64), their
+#: standard errors (an estimate's own uncertainty, used for error bars) to float32's 7 digits when float32 holds them
+_PLANES = ("kl", "stderr")
 #: the largest T a file may declare (a (T+1, T+1) float64 matrix of T = 2**15 takes 8 GiB)
 MAX_T = 2**15
 
@@ -76,23 +86,24 @@ def valid_edges(T: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- writing
 def write_costs(costs: CostFields, path: str | os.PathLike) -> Path:
-    """Write ``costs`` as one format-2 ``.npz`` file atomically (see :meth:`CostMatrix.save`); returns the path."""
+    """Write ``costs`` as one format-3 ``.npz`` file atomically (see :meth:`CostMatrix.save`); returns the path."""
     rows = np.flatnonzero(costs.rows_done[2:]) + 2  # finished KL rows t >= 2
     arrays = {
         "rows": rows,
-        "kl_packed": _pack(costs.kl, rows),
+        "kl_planes": to_planes(_pack(costs.kl, rows), np.float64),
         "decoder": costs.decoder,
         "prior": costs.prior,
         "counts": costs.counts,
     }
     if costs.stderr is not None:
-        arrays["stderr_packed"] = _pack(costs.stderr, rows)
+        stderr = _pack(costs.stderr, rows)
+        arrays["stderr_planes"] = to_planes(stderr, np.float32 if fits_float32(stderr) else np.float64)
     for name in ("decoder_stderr", "prior_stderr", "mse", "mse_stderr", "image_hashes"):
         if getattr(costs, name) is not None:
             arrays[name] = getattr(costs, name)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     meta = np.array(costs.info.to_json(format_version=FORMAT_VERSION, checksum=_checksum(arrays)))
-    return atomic_write(npz_path(path), lambda fh: np.savez(fh, meta=meta, **arrays))
+    return atomic_write(npz_path(path), lambda fh: savez_deflated(fh, {"meta": meta, **arrays}))
 
 
 def _pack(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -126,7 +137,7 @@ def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- reading
 def read_costs(path: str | os.PathLike, build: Callable[..., Built]) -> Built:
-    """``build(info=..., **arrays)`` on the checked contents of a cost file of format 1 or 2.
+    """``build(info=..., **arrays)`` on the checked contents of a cost file of format 1, 2 or 3.
 
     Raises:
         FileNotFoundError, IsADirectoryError: no file at ``path``.
@@ -148,7 +159,7 @@ def read_costs(path: str | os.PathLike, build: Callable[..., Built]) -> Built:
 
 
 def _read(path: Path) -> tuple[dict[str, np.ndarray], RunInfo]:
-    """The constructor's arrays and the run info of a file of format 1 or 2, each checked for type and shape."""
+    """The constructor's arrays and the run info of a file of format 1, 2 or 3, each checked for type and shape."""
     arrays = npz_arrays(path)
     meta, version = _read_meta(arrays)
     required, optional = _ARRAYS[version]
@@ -163,8 +174,9 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], RunInfo]:
     if checksum is not None and checksum != _checksum(arrays):
         raise ValueError("its arrays do not match the checksum it was saved with: the file is damaged")
     for name, arr in arrays.items():  # costs are floats, counts and rows integers, hashes uint64: nothing cast
-        kinds = {"counts": "iu", "rows": "iu", "image_hashes": "u"}.get(name, "f")
-        if arr.dtype.kind not in kinds or (name == "image_hashes" and arr.dtype != np.uint64):
+        kinds = {"counts": "iu", "rows": "iu", "image_hashes": "u"}.get(name, "u" if name.endswith("_planes") else "f")
+        exact = {"image_hashes": np.uint64, "kl_planes": np.uint8, "stderr_planes": np.uint8}.get(name)
+        if arr.dtype.kind not in kinds or (exact is not None and arr.dtype != exact):
             raise ValueError(f"array {name!r} has dtype {arr.dtype}, which dpddpm never writes there")
     if version >= 2:
         _unpack_rows(arrays, check_int(meta.get("T"), "meta 'T'", low=2, high=MAX_T))
@@ -185,17 +197,20 @@ def _read_meta(arrays: dict[str, np.ndarray]) -> tuple[dict, int]:
         raise ValueError("its 'meta' entry is not a JSON object")
     version = meta.pop("format_version", 1)
     if isinstance(version, bool) or version not in _ARRAYS:
-        raise ValueError(f"unknown format_version {version!r} (this dpddpm reads 1 and 2; a newer one wrote it?)")
+        raise ValueError(f"unknown format_version {version!r} (this dpddpm reads 1, 2 and 3; a newer one wrote it?)")
     return meta, version
 
 
 def _unpack_rows(arrays: dict[str, np.ndarray], T: int) -> None:
-    """Format 2: replace ``rows`` and the packed arrays by full (T+1, T+1) matrices ``kl`` and ``stderr``."""
+    """Formats 2 and 3: replace ``rows`` and the packed arrays by full (T+1, T+1) matrices ``kl`` and ``stderr``."""
     rows = arrays.pop("rows")
     if rows.ndim != 1 or rows.dtype.kind not in "iu":
         raise ValueError(f"'rows' must be a 1-D integer array, got {rows.dtype} {rows.shape}")
     if rows.size and (rows.min() < 2 or rows.max() > T or np.any(np.diff(rows) <= 0)):
         raise ValueError(f"'rows' must be increasing times in 2..T = {T}")
+    for name in _PLANES:  # format 3: the packed values from their byte planes
+        if f"{name}_planes" in arrays:
+            arrays[f"{name}_packed"] = from_planes(arrays.pop(f"{name}_planes"))
     for name in ("kl_packed", "stderr_packed"):
         if name in arrays:
             arrays[name[: -len("_packed")]] = _unpack(arrays.pop(name), rows, T)

@@ -318,7 +318,7 @@ def test_save_every_must_be_a_finite_interval(every, capsys):
 def test_a_damaged_cost_value_is_caught_by_the_checksum(costs_file, tmp_path, capsys):
     with np.load(costs_file) as f:
         arrays = {k: f[k] for k in f.files}
-    arrays["kl_packed"] = arrays["kl_packed"].copy()
-    arrays["kl_packed"][0] += 0.25  # a plausible value: no range check could tell
+    arrays["kl_planes"] = arrays["kl_planes"].copy()
+    arrays["kl_planes"][6, 0] ^= 1  # a flipped bit of the first cost's mantissa: a plausible value, no range check
     np.savez(tmp_path / "flipped.npz", **arrays)
     _fails(["schedule", tmp_path / "flipped.npz", "--steps", "3"], capsys, "flipped.npz", "checksum")
