@@ -15,6 +15,7 @@ refuses a header that declares more data than the file holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping
@@ -77,11 +78,25 @@ MAX_T = 2**15
 Built = TypeVar("Built")
 
 
+@functools.lru_cache(maxsize=4)
 def valid_edges(T: int) -> np.ndarray:
-    """Boolean (T+1, T+1): True where an edge t -> s exists, i.e. 2 <= t <= T and 1 <= s < t."""
+    """Boolean (T+1, T+1), read-only: True where an edge t -> s exists, i.e. 2 <= t <= T and 1 <= s < t.
+
+    Cached: every matrix of a run asks for the same 16 MB mask at T = 4000.
+    """
     t = np.arange(T + 1)[:, None]
     s = np.arange(T + 1)[None, :]
-    return (s >= 1) & (s < t)
+    mask = (s >= 1) & (s < t)
+    mask.setflags(write=False)
+    return mask
+
+
+@functools.lru_cache(maxsize=4)
+def _no_edges(T: int) -> np.ndarray:
+    """The complement of :func:`valid_edges`, cached and read-only."""
+    mask = ~valid_edges(T)
+    mask.setflags(write=False)
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -245,14 +260,15 @@ def as_hashes(hashes, n: int | None) -> np.ndarray:
     return arr.copy()
 
 
-def as_matrix(x, name: str, n: int | None = None) -> np.ndarray:
-    """A float64 copy of a square (T+1, T+1) matrix with NaN outside the valid edges s < t."""
-    arr = np.array(x, dtype=np.float64)
+def as_matrix(x, name: str, n: int | None = None, copy: bool = True) -> np.ndarray:
+    """A float64 square (T+1, T+1) matrix with NaN outside the valid edges s < t: a copy, or ``x`` itself when
+    ``copy`` is False and it is already float64 (for arrays made for the matrix, e.g. by :meth:`CostMatrix.empty`)."""
+    arr = np.array(x, dtype=np.float64) if copy else np.asarray(x, dtype=np.float64)
     if n is None and (arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 3):
         raise ValueError(f"{name} must be a square (T+1, T+1) matrix with T >= 2, got shape {arr.shape}")
     if n is not None and arr.shape != (n, n):
         raise ValueError(f"{name} must have shape {(n, n)}, got {arr.shape}")
-    arr[~valid_edges(arr.shape[0] - 1)] = np.nan
+    np.copyto(arr, np.nan, where=_no_edges(arr.shape[0] - 1))
     return arr
 
 

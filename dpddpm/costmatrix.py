@@ -44,6 +44,8 @@ class CostMatrix:
         info: what the matrix was computed from; its T must be None or match kl.
         meta: the same as a plain dict (:meth:`RunInfo.from_dict`), e.g. ``dict(costs.meta, seed=1)``.
         image_hashes: uint64 (N,), one hash per data point (:func:`dpddpm.fingerprint.image_hashes`), or None.
+        copy: copy ``kl`` and ``stderr`` (default); False lets the matrix take over float64 arrays made for it
+            (two 128 MB copies fewer at T = 4000).
     """
 
     def __init__(
@@ -61,12 +63,13 @@ class CostMatrix:
         info: RunInfo | None = None,
         meta: Mapping[str, Any] | None = None,
         image_hashes: np.ndarray | None = None,
+        copy: bool = True,
     ) -> None:
         if info is not None and meta is not None:
             raise TypeError("pass the run's info or its meta dict, not both")
-        self.kl = as_matrix(kl, "kl")
+        self.kl = as_matrix(kl, "kl", copy=copy)
         n = self.kl.shape[0]
-        self.stderr = None if stderr is None else as_matrix(stderr, "stderr", n)
+        self.stderr = None if stderr is None else as_matrix(stderr, "stderr", n, copy=copy)
         self.decoder = as_vector(decoder, "decoder", n, first=2)
         self.prior = as_vector(prior, "prior", n, first=1)
         self.decoder_stderr = None if decoder_stderr is None else as_vector(decoder_stderr, "decoder_stderr", n, 2)
@@ -98,13 +101,13 @@ class CostMatrix:
             mse_stderr=np.full(n, np.nan),
             info=info,
             image_hashes=image_hashes,
+            copy=False,  # the two (T+1, T+1) matrices were made for it
         )
 
     def _validate_values(self) -> None:
         T = self.T
         done = self.rows_done
-        tri = valid_edges(T) & done[:, None]
-        bad = tri & ~np.isfinite(self.kl)
+        bad = valid_edges(T) & done[:, None] & ~np.isfinite(self.kl) if done[2:].any() else np.zeros((1, 1), bool)
         if bad.any():
             t, s = np.argwhere(bad)[0]
             raise ValueError(f"the cost matrix holds {int(bad.sum())} NaN/Inf KL value(s), e.g. kl[{t}, {s}]")
