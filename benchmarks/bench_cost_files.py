@@ -49,8 +49,8 @@ def main() -> None:
         for name in ("digits-simple", "digits-hybrid"):
             model = dpddpm.load_pretrained(name)
             costs = dpddpm.cost_matrix(model, dpddpm.digits_split("selection")[:32], progress=False)
-            write_v2 = best_of(lambda: np.savez(v2, **format2_arrays(costs)))
-            write_v3 = best_of(lambda: costs.save(v3))
+            write_v2 = best_of(lambda c=costs: np.savez(v2, **format2_arrays(c)))
+            write_v3 = best_of(lambda c=costs: c.save(v3))
             read_v2, read_v3 = best_of(lambda: dpddpm.CostMatrix.load(v2)), best_of(lambda: dpddpm.CostMatrix.load(v3))
             back = dpddpm.CostMatrix.load(v3)
             valid = np.isfinite(costs.stderr)

@@ -111,17 +111,10 @@ def _edge_terms(
     costs = []
     for j, (t, s) in enumerate(edges):
         sl = slice(j * B, (j + 1) * B)
+        v = None if out.v is None else out.v[sl]
+        options = dict(variance=model.variance, num_bins=model.num_bins, analytic=model.analytic)
         cost = edge_bpd_from_x0_hat(
-            model.schedule,
-            t,
-            s,
-            x0,
-            out.x0_hat[sl],
-            None if out.v is None else out.v[sl],
-            variance=model.variance,
-            t_above=t_above if s == 0 else None,
-            num_bins=model.num_bins,
-            analytic=model.analytic,
+            model.schedule, t, s, x0, out.x0_hat[sl], v, t_above=t_above if s == 0 else None, **options
         )
         costs.append(cost.cpu().numpy())
     return costs

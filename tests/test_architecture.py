@@ -58,3 +58,15 @@ def test_modules_and_functions_are_small(path: Path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= MAX_FUNCTION_LINES, f"{path.name}: {node.name} has {length} lines"
+
+
+def test_architecture_md_names_the_layers_the_checker_uses():
+    """The page and the checker agree: every layer's modules appear on the page, and every prefix names a module."""
+    page = (ROOT / "ARCHITECTURE.md").read_text()
+    modules = {GRAPH.module_name(path) for path in GRAPH.ROOT.rglob("*.py")}  # packages too
+    for name, prefixes in GRAPH.LAYERS:
+        assert name in page, name
+        for prefix in prefixes:
+            shown = prefix.removesuffix(".*")
+            assert f"`{shown}" in page, f"ARCHITECTURE.md does not place {prefix!r}"
+            assert any(m == prefix or m.startswith(prefix + ".") for m in modules), f"no module {prefix!r}"
