@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run (7.5 minutes on one H100, measured 2026-11-27): CUDA correctness first, then every performance target
+# The prepared GPU run (7.5 minutes on one H100, measured 2026-11-27, before bench_cost_overhead's ~1 minute was added): CUDA correctness first, then every performance target
 # that needs an accelerator.
 # Run from the repository root on a machine with CUDA and PyTorch:   bash benchmarks/gpu_check.sh
 # Results go to benchmarks/results/<name>_<gpu>.json; when $OUT is set, each is copied there as soon as its
@@ -20,6 +20,8 @@ step gpu_smoke.py --device "$DEVICE"
 step bench_dp.py --device "$DEVICE" --max-steps 1024
 # the bundled digits-hybrid model's full cost matrix (N = 300) and its network calls alone
 step bench_digits.py --device "$DEVICE"
+# both digits models' full cost matrices against their network, inside the run too (issue 21: target <= 2 on a GPU)
+step bench_cost_overhead.py --device "$DEVICE" --repeats 2
 # cost matrix vs network-only, CIFAR-10 architecture, N = 256, 400 evenly spread rows of T = 4000 (target <= 1.10)
 step bench_costs.py --device "$DEVICE" --rows 400 --n 256 --batch-size 512
 # same with bf16 autocast (its effect on ELBOs is measured next)
