@@ -109,15 +109,11 @@ class KLRow:
         if reads_network_variance(self.variance):  # the KL is not affine in e^2: Chebyshev moments of f
             self._add_learned(err2, v)
             return
-        sq = err2.sum(dim=1, keepdim=True)  # (B, 1)
-        if self.variance == "fixed_small":  # sigma^2 = beta~: KL = 0.5 r e^2
-            const = torch.zeros_like(self.delta)
-            coef = self.r
-        else:  # any other fixed sigma^2 per s (fixed_large, analytic): with Delta = log(sigma^2 / beta~),
-            # KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
-            const = self.scale * self.dims * x_minus_1_plus_exp_neg(self.delta)
-            coef = self.r * torch.exp(-self.delta)
-        self.stats.add_affine(sq, (self.scale * coef)[None, :], const)
+        # any fixed sigma^2 per s: with Delta = log(sigma^2 / beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
+        # (fixed_small has Delta = 0: exactly 0.5 r e^2)
+        const = self.scale * self.dims * x_minus_1_plus_exp_neg(self.delta)
+        coef = self.r * torch.exp(-self.delta)
+        self.stats.add_affine(err2.sum(dim=1, keepdim=True), (self.scale * coef)[None, :], const)
 
     def _add_learned(self, err2: torch.Tensor, v: torch.Tensor) -> None:
         f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
@@ -156,6 +152,10 @@ class DecoderRow:
         self.variance, self.num_bins, self.chunk_elements = variance, num_bins, chunk_elements
         self.stats = RowStats(T - 1, device)
         self.mse_stats = RowStats(1, device)
+        # a rule that does not read the network's v gives the same (1, 1, T-1) log variances for every batch
+        self.fixed = None if reads_network_variance(variance) else self._log_variance(self.u, None)
+        # one variance whatever u (analytic: its fitted decoder variance): one NLL serves the whole row
+        self.one_variance = self.fixed is not None and bool((self.fixed == self.fixed[..., :1]).all())
 
     def _log_variance(self, u: np.ndarray, v: torch.Tensor | None) -> torch.Tensor | float:
         """log sigma^2 of the decoder for next kept times u (U,): (1, 1, U), or (B, D, U) for a learned rule."""
@@ -167,17 +167,17 @@ class DecoderRow:
         B, D = x0.shape
         self.mse_stats.add_samples((x0 - x0_hat).pow(2).mean(dim=1, keepdim=True))
         U = self.u.shape[0]
-        v = v.reshape(B, D, 1) if v is not None and reads_network_variance(self.variance) else None
-        if v is None:
-            log_var = self._log_variance(self.u, None)  # (1, 1, U)
-            if bool((log_var == log_var[..., :1]).all()):  # one variance whatever u (analytic): one NLL for all
-                nll = discretized_gaussian_nll(x0, x0_hat, log_var[..., 0], self.num_bins)
-                self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, U))
-                return
+        if self.one_variance:
+            nll = discretized_gaussian_nll(x0, x0_hat, self.fixed[..., 0], self.num_bins)
+            self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, U))
+            return
         step = max(1, self.chunk_elements // max(B * D, 1))
         nll = torch.empty(B, U, dtype=F64, device=x0.device)
         for a in range(0, U, step):
-            log_var = self._log_variance(self.u[a : a + step], v)
+            if self.fixed is not None:
+                log_var = self.fixed[..., a : a + step]
+            else:
+                log_var = self._log_variance(self.u[a : a + step], v.reshape(B, D, 1))
             per_dim = discretized_gaussian_nll(x0[:, :, None], x0_hat[:, :, None], log_var, self.num_bins)
             nll[:, a : a + step] = per_dim.mean(dim=1) / LN2
         self.stats.add_samples(nll)
