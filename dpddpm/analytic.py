@@ -39,7 +39,7 @@ import torch
 
 from ._version import __version__
 from .costmatrix import CostMatrix
-from .costs import CostRun, row_generator
+from .costs import CostRun, row_noise
 from .fingerprint import data_fingerprint, mismatches, model_fingerprint
 from .gaussian import discretized_gaussian_nll
 from .model import DDPM, model_on, resolve_device
@@ -177,8 +177,7 @@ def fit_analytic_variances(
     weights = model_fingerprint(model)  # recorded, so the variances are never applied to another model
     model = model_on(model, device)
     x0 = data.to(device=device, dtype=torch.float64).reshape(data.shape[0], -1)
-    gen = row_generator(int(costs.info.seed or 0), 1, device)  # the matrix's own row-1 noise
-    noise = torch.randn(x0.shape, generator=gen, device=device, dtype=torch.float64)
+    noise = row_noise(int(costs.info.seed or 0), 1, x0.shape, device)  # the matrix's own row-1 noise
     x0_hat = torch.cat(
         [
             network_pass(model, 1, x0[a : a + batch_size], noise[a : a + batch_size], costs.info.autocast).x0_hat

@@ -40,6 +40,12 @@ def row_generator(seed: int, t: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def row_noise(seed: int, t: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Row t's noise, float64 (N, D): one draw from :func:`row_generator`. The cost matrix, its in-sample replay
+    and the analytic-variance fit all take it from here, so they see the very same x_t."""
+    return torch.randn(shape, generator=row_generator(seed, t, device), device=device, dtype=torch.float64)
+
+
 class Row(NamedTuple):
     """A finished row: L(t, 1..t-1) for t >= 2, or decoder[2..T] for t = 1, in bits/dim (float64 numpy)."""
 
@@ -153,8 +159,7 @@ def _new_row(run: CostRun, t: int) -> tuple[DecoderRow | KLRow, torch.Tensor]:
         acc = DecoderRow(model.schedule, model.variance, model.num_bins, run.device, analytic=analytic)
     else:
         acc = KLRow(model.schedule, t, model.variance, D, run.device, analytic=analytic)
-    gen = row_generator(run.seed, t, run.device)
-    return acc, torch.randn(N, D, generator=gen, device=run.device, dtype=torch.float64)
+    return acc, row_noise(run.seed, t, (N, D), run.device)
 
 
 @torch.no_grad()

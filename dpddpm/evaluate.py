@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .costmatrix import CostMatrix
-from .costs import row_generator
+from .costs import row_noise
 from .fingerprint import DATA_IDENTITY, MODEL_IDENTITY, mismatches
 from .model import DDPM, model_on, resolve_device
 from .netpass import network_pass
@@ -240,9 +240,8 @@ def in_sample_elbo(
     terms = np.zeros((N, len(sched_t) + 1))
     terms[:, 0] = prior_bpd(model.schedule, int(sched_t[0]), x0_all).cpu().numpy()
 
-    def noise(t: int) -> torch.Tensor:  # exactly cost_matrix's draw for row t: one (N, D) tensor from its generator
-        gen = row_generator(info.seed, t, device)
-        return torch.randn(N, D, generator=gen, device=device, dtype=torch.float64)
+    def noise(t: int) -> torch.Tensor:  # exactly cost_matrix's draw for row t
+        return row_noise(info.seed, t, (N, D), device)
 
     bar = progress_bar(progress, N * len(sched_t), "in-sample elbo")
     _run_edges(model, x0_all, sched_t, noise, terms, batch_size, info.autocast, bar)
