@@ -107,10 +107,11 @@ class CostMatrix:
     def _validate_values(self) -> None:
         T = self.T
         done = self.rows_done
-        bad = valid_edges(T) & done[:, None] & ~np.isfinite(self.kl) if done[2:].any() else np.zeros((1, 1), bool)
-        if bad.any():
-            t, s = np.argwhere(bad)[0]
-            raise ValueError(f"the cost matrix holds {int(bad.sum())} NaN/Inf KL value(s), e.g. kl[{t}, {s}]")
+        if done[2:].any():  # an empty matrix (a run's start) has no KL row to scan
+            bad = valid_edges(T) & done[:, None] & ~np.isfinite(self.kl)
+            if bad.any():
+                t, s = np.argwhere(bad)[0]
+                raise ValueError(f"the cost matrix holds {int(bad.sum())} NaN/Inf KL value(s), e.g. kl[{t}, {s}]")
         if done[1] and not np.all(np.isfinite(self.decoder[2:])):
             raise ValueError("the decoder costs hold NaN/Inf values")
         if not np.all(np.isfinite(self.prior[1:])):
