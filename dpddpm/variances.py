@@ -144,7 +144,7 @@ def jump_log_variance(
     """
     if variance == "analytic" and analytic is None:
         raise ValueError("variance='analytic' needs the fitted AnalyticVariances")
-    f = None if v is None else range_fraction(v)
+    f = range_fraction(v) if v is not None and reads_network_variance(variance) else None  # only a learned rule reads v
     if not any(isinstance(x, (np.ndarray, torch.Tensor)) for x in (t, s, t_above)):
         t, s = int(t), int(s)
         if variance == "analytic":
