@@ -26,7 +26,8 @@ from .fingerprint import data_fingerprint, image_hashes, model_fingerprint
 from .model import DDPM, model_on, resolve_device
 from .netpass import autocast_context, network_pass
 from .progress import progress_bar
-from .rowcosts import DecoderRow, KLRow
+from .rowblock import KLRowBlock
+from .rowcosts import DecoderRow
 from .runinfo import RunInfo
 from .stats import sem_columns
 from .terms import prior_bpd
@@ -151,47 +152,45 @@ def _pieces(rows: list[int], n: int, batch_size: int) -> Iterator[list[tuple[int
         yield batch
 
 
-def _new_row(run: CostRun, t: int) -> tuple[DecoderRow | KLRow, torch.Tensor]:
-    """Row t's accumulator and its (N, D) float64 noise, drawn from ``row_generator(seed, t)``."""
-    model, (N, D) = run.model, run.x0.shape
-    analytic = model.analytic
-    if t == 1:
-        acc = DecoderRow(model.schedule, model.variance, model.num_bins, run.device, analytic=analytic)
-    else:
-        acc = KLRow(model.schedule, t, model.variance, D, run.device, analytic=analytic)
-    return acc, row_noise(run.seed, t, (N, D), run.device)
-
-
 @torch.no_grad()
 def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
     """Run the network over (row, data slice) pieces packed into batches; yield each row when its last slice ends.
 
-    A row's accumulator and noise live only until its last slice is done.
+    The KL rows of a batch are accumulated together (:class:`KLRowBlock`); the decoder row, t = 1, by its own
+    :class:`DecoderRow`. A row's noise lives only until its last slice is done.
     """
-    x0_all, device = run.x0, run.device
-    N = x0_all.shape[0]
-    open_rows: dict[int, tuple[DecoderRow | KLRow, torch.Tensor]] = {}
+    model, x0_all, device = run.model, run.x0, run.device
+    N, D = x0_all.shape
+    kl_rows = KLRowBlock(model.schedule, model.variance, D, device, analytic=model.analytic)
+    decoder = DecoderRow(model.schedule, model.variance, model.num_bins, device, analytic=model.analytic)
+    noise_of: dict[int, torch.Tensor] = {}
     for batch in _pieces(row_list, N, run.batch_size):
         for t, _, _ in batch:
-            if t not in open_rows:
-                open_rows[t] = _new_row(run, t)
+            if t not in noise_of:
+                noise_of[t] = row_noise(run.seed, t, (N, D), device)
         x0 = torch.cat([x0_all[a:b] for _, a, b in batch])
-        noise = torch.cat([open_rows[t][1][a:b] for t, a, b in batch])
+        noise = torch.cat([noise_of[t][a:b] for t, a, b in batch])
         steps = torch.cat([torch.full((b - a,), t, dtype=torch.long, device=device) for t, a, b in batch])
-        out = network_pass(run.model, steps, x0, noise, run.info.autocast)
-        offset = 0
-        for t, a, b in batch:
-            sl = slice(offset, offset + b - a)
-            offset += b - a
-            acc = open_rows[t][0]
-            v = None if out.v is None else out.v[sl]
-            if t == 1:
-                acc.add(x0[sl], out.x0_hat[sl], v)
-            else:
-                acc.add((x0[sl] - out.x0_hat[sl]).pow(2), v)
+        out = network_pass(model, steps, x0, noise, run.info.autocast)
+        # rows run from T down to 1: the decoder's slices, if any, close the batch
+        kl = [(t, b - a) for t, a, b in batch if t >= 2]
+        n_kl = sum(count for _, count in kl)
+        if kl:
+            v = None if out.v is None else out.v[:n_kl]
+            kl_rows.add(kl, (x0[:n_kl] - out.x0_hat[:n_kl]).pow(2), v)
+        if n_kl < x0.shape[0]:
+            decoder.add(x0[n_kl:], out.x0_hat[n_kl:], None if out.v is None else out.v[n_kl:])
+        for t, _, b in batch:
             if b == N:  # the row is complete
-                del open_rows[t]
-                mse, mse_se = acc.mse_stats.result()
-                yield Row(t, *acc.stats.result(), N, float(mse[0]), float(mse_se[0]))
+                del noise_of[t]
+                yield _finish(t, kl_rows, decoder, N)
         if bar is not None:
             bar.update(x0.shape[0])
+
+
+def _finish(t: int, kl_rows: KLRowBlock, decoder: DecoderRow, N: int) -> Row:
+    if t >= 2:
+        mean, stderr, count, mse, mse_se = kl_rows.pop(t)
+        return Row(t, mean, stderr, count, mse, mse_se)
+    mse, mse_se = decoder.mse_stats.result()
+    return Row(1, *decoder.stats.result(), N, float(mse[0]), float(mse_se[0]))

@@ -98,3 +98,28 @@ def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: Scal
     upper = torch.where(x0 > edge, 1.0, approx_standard_normal_cdf(inv_std * (centered + half)))
     lower = torch.where(x0 < -edge, 0.0, approx_standard_normal_cdf(inv_std * (centered - half)))
     return -torch.log((upper - lower).clamp(min=1e-12))
+
+
+TANH_ONE = 40.0
+"""A tanh argument at least this large gives exactly 1.0 in float64 (and -1.0 for its negative): the exact value
+is within 1e-34 of 1, far below half an ulp, and libraries return 1.0 from about 19 on (a test checks)."""
+
+
+def certain_bins(x0: torch.Tensor, mean: torch.Tensor, log_var: Scalar, num_bins: int) -> torch.Tensor:
+    """Where :func:`discretized_gaussian_nll` is exactly 0 at this variance and at every smaller one (bool).
+
+    That is where both CDFs of the bin are saturated: the upper one at exactly 1 (or the bin is the top tail)
+    and the lower one at exactly 0 (or the bottom tail); a smaller variance only pushes their arguments further
+    out. A decoder with sigma far below the bin width puts nearly every dimension here. Shapes broadcast.
+    """
+    half = 1.0 / (num_bins - 1)
+    inv_std = torch.exp(-0.5 * torch.as_tensor(log_var, dtype=torch.float64, device=x0.device))
+    centered = x0 - mean
+    edge = 1.0 - half / 2
+
+    def tanh_argument(z: torch.Tensor) -> torch.Tensor:  # as in approx_standard_normal_cdf
+        return math.sqrt(2.0 / math.pi) * (z + 0.044715 * z * z * z)
+
+    upper_is_one = (x0 > edge) | (tanh_argument(inv_std * (centered + half)) >= TANH_ONE)
+    lower_is_zero = (x0 < -edge) | (tanh_argument(inv_std * (centered - half)) <= -TANH_ONE)
+    return upper_is_one & lower_is_zero

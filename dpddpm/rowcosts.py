@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from .gaussian import discretized_gaussian_nll, range_fraction
+from .gaussian import certain_bins, discretized_gaussian_nll, range_fraction
 from .schedule import NoiseSchedule
 from .stats import RowStats
 from .terms import LN2
@@ -55,35 +55,112 @@ def chebyshev_degree(spread: float) -> int:
     return int(min(160, max(8, math.ceil(10 + 1.5 * spread))))
 
 
+def chebyshev_basis(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_j, n_k) float64: the map from values at the nodes y_k = cos(pi (k + 1/2) / n) to interpolant coefficients."""
+    k = torch.arange(n, dtype=F64, device=device)
+    j = torch.arange(n, dtype=F64, device=device)
+    basis = torch.cos(math.pi * j[:, None] * (k[None, :] + 0.5) / n) * (2.0 / n)
+    basis[0] *= 0.5
+    return basis
+
+
 def chebyshev_coefficients(values: torch.Tensor) -> torch.Tensor:
     """Coefficients of the interpolant through Chebyshev nodes: values (S, n) at y_k = cos(pi (k + 1/2) / n)."""
-    n = values.shape[-1]
-    k = torch.arange(n, dtype=F64, device=values.device)
-    j = torch.arange(n, dtype=F64, device=values.device)
-    basis = torch.cos(math.pi * j[:, None] * (k[None, :] + 0.5) / n) * (2.0 / n)  # (n_j, n_k)
-    basis[0] *= 0.5
-    return values @ basis.T  # (S, n_j)
+    return values @ chebyshev_basis(values.shape[-1], values.device).T  # (S, n_j)
 
 
 def chebyshev_moments(y: torch.Tensor, weights: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_d T_j(y_d) and sum_d w_d T_j(y_d) for j < n. y, weights: (B, D). Returns two (B, n) tensors."""
-    plain = torch.empty(y.shape[0], n, dtype=F64, device=y.device)
+    """sum_d T_j(y_d) and sum_d w_d T_j(y_d) for j < n. y, weights: (B, D). Returns two (B, n) tensors.
+
+    On a CPU the images go through in cache-sized chunks (about 16k values: 2.7x faster than all at once for
+    4096 x 64, measured); on a GPU all at once.
+    """
+    B, D = y.shape
+    plain = torch.empty(B, n, dtype=F64, device=y.device)
     weighted = torch.empty_like(plain)
-    t_prev, t_cur = torch.ones_like(y), y
-    plain[:, 0], weighted[:, 0] = y.shape[1], weights.sum(dim=1)
-    for j in range(1, n):
-        plain[:, j] = t_cur.sum(dim=1)
-        weighted[:, j] = (weights * t_cur).sum(dim=1)
-        t_prev, t_cur = t_cur, 2.0 * y * t_cur - t_prev
+    step = max(1, (1 << 14) // max(D, 1)) if y.device.type == "cpu" else max(B, 1)
+    for a in range(0, B, step):
+        yc, wc = y[a : a + step], weights[a : a + step]
+        t_prev, t_cur = torch.ones_like(yc), yc
+        plain[a : a + step, 0], weighted[a : a + step, 0] = D, wc.sum(dim=1)
+        for j in range(1, n):
+            plain[a : a + step, j] = t_cur.sum(dim=1)
+            weighted[a : a + step, j] = (wc * t_cur).sum(dim=1)
+            t_prev, t_cur = t_cur, 2.0 * yc * t_cur - t_prev
     return plain, weighted
+
+
+def chebyshev_span(lo: float, hi: float) -> tuple[float, float]:
+    """(m, h): the centre and half-width of the interval [lo, hi] that f spans, widened if it is degenerate."""
+    if hi - lo < 1e-6:  # the expansion stays exact on a wider interval
+        lo, hi = lo - 1e-3, hi + 1e-3
+    return (hi + lo) / 2, (hi - lo) / 2
+
+
+class ChebyshevBasis:
+    """Expansions of learned-variance rows in n Chebyshev polynomials of f, each group of samples on its own span.
+
+    Samples come in groups (a row's images in a batch), group g on [m_g - h_g, m_g + h_g]; :meth:`features` gives
+    each sample's moments and :meth:`coefficients` each group's coefficients, so that for a sample of group g,
+    bpd(s) = features @ coefficients_g[:, s]. n serves the widest group: more terms only make a group more exact.
+    """
+
+    def __init__(self, spans: list[tuple[float, float]], counts: list[int], delta_max: list[float]) -> None:
+        """spans: each group's (lo, hi) of f; counts: its samples; delta_max: the largest Delta_s of its row."""
+        self.m, self.h = (list(x) for x in zip(*(chebyshev_span(lo, hi) for lo, hi in spans)))
+        self.counts = counts
+        self.n = max(chebyshev_degree(d * h) for d, h in zip(delta_max, self.h))
+
+    @classmethod
+    def spanning(cls, f: torch.Tensor, delta_max: float) -> ChebyshevBasis:
+        """One group: the samples f (B, D) of one row."""
+        lo, hi = (float(x) for x in torch.aminmax(f))
+        return cls([(lo, hi)], [f.shape[0]], [delta_max])
+
+    def features(self, f: torch.Tensor, err2: torch.Tensor) -> torch.Tensor:
+        """(B, 2n) float64: [sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)] for f, err2 (B, D), y = (f - m) / h."""
+        per_sample = lambda x: torch.tensor(x, dtype=F64, device=f.device).repeat_interleave(  # noqa: E731
+            torch.tensor(self.counts, device=f.device)
+        )[:, None]
+        y = (f - per_sample(self.m)) / per_sample(self.h)
+        return torch.cat(chebyshev_moments(y, err2, self.n), dim=1)
+
+    def coefficients(self, deltas: list[torch.Tensor], rs: list[torch.Tensor], dims: int) -> list[torch.Tensor]:
+        """Each group's (2n, L_g) float64 for its row's Delta_s and r_s (L_g,), in bits per dimension.
+
+        Names as in the book's chapter 3: xs = f Delta_s at the nodes, A = a_sk and B = b_sk the coefficients of
+        phi_s(f) and exp(-f Delta_s); sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k). A group's values go in a
+        buffer laid out so that one product gives [A | r B] (group by group: each fits a CPU's cache).
+        """
+        k = torch.arange(self.n, dtype=F64, device=deltas[0].device)
+        y_nodes = torch.cos(math.pi * (k + 0.5) / self.n)
+        to_bits = chebyshev_basis(self.n, y_nodes.device).T * (0.5 / (dims * LN2))  # nats summed over dims -> bpd
+        coefs = []
+        for delta, r, m, h in zip(deltas, rs, self.m, self.h):
+            neg_xs = torch.outer(delta, -(m + h * y_nodes))  # (L, n): -f Delta_s at the nodes
+            values = torch.empty(delta.shape[0], 2, self.n, dtype=F64, device=delta.device)
+            torch.sub(torch.expm1(neg_xs), neg_xs, out=values[:, 0])  # phi_s(f) = xs - 1 + exp(-xs)
+            torch.mul(torch.exp(neg_xs), r[:, None], out=values[:, 1])  # r_s exp(-xs)
+            coefs.append((values.view(-1, self.n) @ to_bits).view(-1, 2 * self.n).T)
+        return coefs
+
+
+def fixed_row_affine(delta: torch.Tensor, r: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(const, coef), both (t-1,), of a fixed-variance row: bpd_n(s) = const[s] + coef[s] * sum_d e_nd^2.
+
+    With Delta = log(sigma^2 / beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2) per dimension
+    (fixed_small has Delta = 0: exactly 0.5 r e^2); const and coef are in bits per dimension.
+    """
+    scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
+    return scale * dims * x_minus_1_plus_exp_neg(delta), scale * r * torch.exp(-delta)
 
 
 class KLRow:
     """Edge costs L(t, s) for s = 1 .. t-1 of one row t >= 2, from per-sample network outputs.
 
-    Names as in the book's chapter 3: delta = Delta_s, r = r_s; for learned_range, [lo, hi] the span of f,
-    y = (f - m) / h on [-1, 1], n Chebyshev terms, xs = f Delta_s at the nodes, A = a_sk and B = b_sk the
-    coefficients of phi_s(f) and exp(-f Delta_s), M = M_k and W = W_k the per-sample moments.
+    Names as in the book's chapter 3: delta = Delta_s, r = r_s. The cost-matrix run accumulates many rows at once
+    with :class:`dpddpm.rowblock.KLRowBlock`, from the same pieces (:func:`fixed_row_affine`,
+    :class:`ChebyshevBasis`).
     """
 
     def __init__(
@@ -101,35 +178,18 @@ class KLRow:
         self.r = torch.as_tensor(sched.snr_gap(t, np.arange(1, t)), device=device)  # r_s = c1^2 / beta~, (t-1,)
         self.stats = RowStats(t - 1, device)
         self.mse_stats = RowStats(1, device)
-        self.scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
 
     def add(self, err2: torch.Tensor, v: torch.Tensor | None) -> None:
         """Add samples: err2 = (x0 - x^0)^2 flattened to (B, D) float64; v the raw variance output or None."""
         self.mse_stats.add_samples(err2.mean(dim=1, keepdim=True))
         if reads_network_variance(self.variance):  # the KL is not affine in e^2: Chebyshev moments of f
-            self._add_learned(err2, v)
+            f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
+            basis = ChebyshevBasis.spanning(f, float(self.delta.max()))
+            (coef,) = basis.coefficients([self.delta], [self.r], self.dims)
+            self.stats.add_affine(basis.features(f, err2), coef, torch.zeros_like(self.delta))
             return
-        # any fixed sigma^2 per s: with Delta = log(sigma^2 / beta~), KL = 0.5 (Delta - 1 + e^-Delta + r e^-Delta e^2)
-        # (fixed_small has Delta = 0: exactly 0.5 r e^2)
-        const = self.scale * self.dims * x_minus_1_plus_exp_neg(self.delta)
-        coef = self.r * torch.exp(-self.delta)
-        self.stats.add_affine(err2.sum(dim=1, keepdim=True), (self.scale * coef)[None, :], const)
-
-    def _add_learned(self, err2: torch.Tensor, v: torch.Tensor) -> None:
-        f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
-        lo, hi = float(f.min()), float(f.max())
-        if hi - lo < 1e-6:  # widen a degenerate interval; the expansion stays exact
-            lo, hi = lo - 1e-3, hi + 1e-3
-        m, h = (hi + lo) / 2, (hi - lo) / 2
-        n = chebyshev_degree(float(self.delta.max()) * h)
-        y_nodes = torch.cos(math.pi * (torch.arange(n, dtype=F64, device=f.device) + 0.5) / n)
-        xs = self.delta[:, None] * (m + h * y_nodes)[None, :]  # (t-1, n): f Delta_s at the nodes
-        A = chebyshev_coefficients(xs + torch.expm1(-xs))  # (t-1, n): phi_s(f) = sum_k a_sk Ch_k(y)
-        B = chebyshev_coefficients(torch.exp(-xs))  # (t-1, n): exp(-f Delta_s) = sum_k b_sk Ch_k(y)
-        M, W = chebyshev_moments((f - m) / h, err2, n)  # (batch, n): sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)
-        # sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k): the row is one matrix product
-        coef = torch.cat([A, B * self.r[:, None]], dim=1).T * self.scale  # (2n, t-1)
-        self.stats.add_affine(torch.cat([M, W], dim=1), coef, torch.zeros_like(self.delta))
+        const, coef = fixed_row_affine(self.delta, self.r, self.dims)
+        self.stats.add_affine(err2.sum(dim=1, keepdim=True), coef[None, :], const)
 
 
 class DecoderRow:
@@ -156,14 +216,29 @@ class DecoderRow:
         self.fixed = None if reads_network_variance(variance) else self._log_variance(self.u, None)
         # one variance whatever u (analytic: its fitted decoder variance): one NLL serves the whole row
         self.one_variance = self.fixed is not None and bool((self.fixed == self.fixed[..., :1]).all())
+        # where log beta~_{1|u}, the learned range's lower end, is smallest and largest
+        lower_end = np.log(sched.jump(self.u, 1).beta_post)
+        self.u_extremes = self.u[[np.argmin(lower_end), np.argmax(lower_end)]] if T > 1 else self.u
 
     def _log_variance(self, u: np.ndarray, v: torch.Tensor | None) -> torch.Tensor | float:
         """log sigma^2 of the decoder for next kept times u (U,): (1, 1, U), or (B, D, U) for a learned rule."""
         u = u[None, None, :]
         return jump_log_variance(self.sched, 1, 0, v, self.variance, u, self.analytic, device=self.device)
 
+    def _largest_log_variance(self, v: torch.Tensor | None) -> torch.Tensor | float:
+        """The largest log sigma^2 over the row: a float for a fixed rule; (B, D, 1) for a learned one, whose
+        log sigma^2 is linear in log beta~_{1|u} and so largest at one of that quantity's two extremes."""
+        if self.fixed is not None:
+            return float(self.fixed.max())
+        return self._log_variance(self.u_extremes, v).amax(dim=-1, keepdim=True)
+
     def add(self, x0: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None) -> None:
-        """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None."""
+        """x0, x0_hat: (B, D) float64; v: (B, D) raw variance output or None.
+
+        Dimensions whose P(x_0 | x_1) is exactly 1 for every u (:func:`certain_bins` at the row's largest
+        variance) add exactly 0, so only the others are evaluated: at t = 1 a trained model's x^_0 is usually
+        within a small fraction of a bin, and the whole row costs one screening pass.
+        """
         B, D = x0.shape
         self.mse_stats.add_samples((x0 - x0_hat).pow(2).mean(dim=1, keepdim=True))
         U = self.u.shape[0]
@@ -171,13 +246,17 @@ class DecoderRow:
             nll = discretized_gaussian_nll(x0, x0_hat, self.fixed[..., 0], self.num_bins)
             self.stats.add_samples((nll.mean(dim=1, keepdim=True) / LN2).expand(B, U))
             return
-        step = max(1, self.chunk_elements // max(B * D, 1))
-        nll = torch.empty(B, U, dtype=F64, device=x0.device)
-        for a in range(0, U, step):
-            if self.fixed is not None:
-                log_var = self.fixed[..., a : a + step]
-            else:
-                log_var = self._log_variance(self.u[a : a + step], v.reshape(B, D, 1))
-            per_dim = discretized_gaussian_nll(x0[:, :, None], x0_hat[:, :, None], log_var, self.num_bins)
-            nll[:, a : a + step] = per_dim.mean(dim=1) / LN2
-        self.stats.add_samples(nll)
+        v = None if v is None else v.reshape(B, D, 1)
+        live = ~certain_bins(x0[..., None], x0_hat[..., None], self._largest_log_variance(v), self.num_bins)[..., 0]
+        image, dim = live.nonzero(as_tuple=True)  # the K dimensions to evaluate, (K,) each
+        x0, x0_hat = x0[image, dim][:, None, None], x0_hat[image, dim][:, None, None]  # (K, 1, 1)
+        v = None if v is None else v[image, dim][:, None]  # (K, 1, 1)
+        nll = torch.zeros(B, U, dtype=F64, device=x0.device)
+        step = max(1, self.chunk_elements // max(image.shape[0], 1))
+        for a in range(0, U if image.shape[0] else 0, step):
+            log_var = (
+                self.fixed[..., a : a + step] if self.fixed is not None else self._log_variance(self.u[a : a + step], v)
+            )
+            per_dim = discretized_gaussian_nll(x0, x0_hat, log_var, self.num_bins)[:, 0, :]  # (K, step)
+            nll[:, a : a + step].index_add_(0, image, per_dim)
+        self.stats.add_samples(nll / (D * LN2))

@@ -54,7 +54,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "baselines",
         ),
     ),
-    ("costs", ("terms", "rowcosts", "costfile", "costmatrix", "costs", "merge", "checkpoint", "dp", "strides")),
+    (
+        "costs",
+        ("terms", "rowcosts", "rowblock", "costfile", "costmatrix", "costs", "merge", "checkpoint", "dp", "strides"),
+    ),
     ("estimators", ("evaluate", "sampling", "analytic")),
     ("pipeline", ("reproduce", "pipeline", "report")),
     ("training and scoring", ("digits", "photos")),
