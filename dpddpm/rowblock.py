@@ -36,7 +36,8 @@ from .variances import AnalyticVariances, VarianceKind, reads_network_variance, 
 
 @dataclass
 class _OpenRow:
-    """What row t keeps while its pieces arrive: Delta_s and r_s (t-1,) on the device, the largest Delta_s,
+    """What row t keeps while its pieces arrive: Delta_s and r_s (t-1,) (on the device for a learned rule, where
+    they enter the batch's tensor work; else on the CPU), the largest Delta_s,
     the count, mean and M2 of its images' s_n, and (learned rule) the running statistics of its costs."""
 
     delta: torch.Tensor
@@ -83,10 +84,12 @@ class KLRowBlock:
 
     def _row(self, t: int) -> _OpenRow:
         if t not in self._open:
-            delta = row_log_ratio(self.sched, t, self.variance, self.analytic)
+            jump = self.sched.jump(t, np.arange(1, t))
+            delta = row_log_ratio(self.sched, t, self.variance, self.analytic, jump=jump)
+            device = self.device if self.learned else "cpu"  # a fixed row is finished on the CPU
             self._open[t] = _OpenRow(
-                delta=torch.as_tensor(delta, device=self.device),
-                r=torch.as_tensor(self.sched.snr_gap(t, np.arange(1, t)), device=self.device),
+                delta=torch.as_tensor(delta, device=device),
+                r=torch.as_tensor(jump.snr_gap, device=device),
                 delta_max=float(delta.max()),
                 stats=RowStats(t - 1, self.device) if self.learned else None,
             )
@@ -126,6 +129,6 @@ class KLRowBlock:
         if self.learned:
             mean, stderr = row.stats.result()
         else:  # the row is affine in s_n: its mean and standard error follow from those of s_n
-            const, coef = (x.cpu().numpy() for x in fixed_row_affine(row.delta, row.r, self.dims))
+            const, coef = (x.numpy() for x in fixed_row_affine(row.delta, row.r, self.dims))
             mean, stderr = const + coef * row.sum_mean, np.abs(coef) * sum_se
         return RowResult(mean, stderr, row.n, row.sum_mean / self.dims, sum_se / self.dims)

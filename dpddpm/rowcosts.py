@@ -152,6 +152,8 @@ def fixed_row_affine(delta: torch.Tensor, r: torch.Tensor, dims: int) -> tuple[t
     (fixed_small has Delta = 0: exactly 0.5 r e^2); const and coef are in bits per dimension.
     """
     scale = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
+    if delta.device.type == "cpu" and not bool(delta.any()):  # fixed_small: the same numbers, 6 fewer passes
+        return torch.zeros_like(delta), scale * r
     return scale * dims * x_minus_1_plus_exp_neg(delta), scale * r * torch.exp(-delta)
 
 

@@ -88,8 +88,7 @@ class NoiseSchedule:
         The same number as ``snr(s) - snr(t)``, but without its cancellation near t = T, where both SNRs are
         ~1e-8 and close (the difference then keeps only a few digits; measured: 1e-3 relative).
         """
-        j = self.jump(t, s)
-        return np.asarray(j.c1**2 / j.beta_post, dtype=np.float64)
+        return self.jump(t, s).snr_gap
 
     def jump(self, t: int | np.ndarray, s: int | np.ndarray) -> Jump:
         """Coefficients of the jump t -> s (1 <= s < t, or s = 0 for t >= 1); broadcasts over arrays."""
@@ -113,6 +112,11 @@ class Jump:
     beta_post: np.ndarray
     c1: np.ndarray
     c2: np.ndarray
+
+    @property
+    def snr_gap(self) -> np.ndarray:
+        """SNR(s) - SNR(t) as c1^2 / beta~_{s|t} (see :meth:`NoiseSchedule.snr_gap`), float64."""
+        return np.asarray(self.c1**2 / self.beta_post, dtype=np.float64)
 
     @classmethod
     def of(cls, alpha_bar: np.ndarray, t: int | np.ndarray, s: int | np.ndarray) -> Jump:

@@ -27,7 +27,7 @@ import torch
 
 from .fitted_variances import AnalyticVariances, FitInfo
 from .gaussian import range_fraction
-from .schedule import NoiseSchedule
+from .schedule import Jump, NoiseSchedule
 
 __all__ = [
     "VARIANCE_KINDS",
@@ -169,16 +169,20 @@ def _as_numpy(x: int | np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def row_log_ratio(
-    sched: NoiseSchedule, t: int, variance: VarianceKind, analytic: AnalyticVariances | None = None
+    sched: NoiseSchedule,
+    t: int,
+    variance: VarianceKind,
+    analytic: AnalyticVariances | None = None,
+    jump: Jump | None = None,
 ) -> np.ndarray:
     """Delta_s = log(sigma_s^2 / beta~_{s|t}) of the jumps t -> s, s = 1 .. t - 1, float64 (t - 1,), >= 0.
 
     Written as the log of a ratio, not a difference of logs: near t = T the ratio is 1 + 1e-9 and a difference
     of two logs keeps only a few digits of it. For ``learned_range`` it is the width of the range,
-    log(beta_{t|s} / beta~_{s|t}); the jump's own ratio is f Delta_s.
+    log(beta_{t|s} / beta~_{s|t}); the jump's own ratio is f Delta_s. ``jump``: ``sched.jump(t, 1 .. t-1)`` if the
+    caller has it already.
     """
-    s = np.arange(1, t)
-    j = sched.jump(t, s)
+    j = sched.jump(t, np.arange(1, t)) if jump is None else jump
     if variance == "fixed_small":
         return np.zeros(t - 1)
     if variance in ("fixed_large", "learned_range"):
