@@ -170,7 +170,8 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
                 noise_of[t] = row_noise(run.seed, t, (N, D), device)
         x0 = torch.cat([x0_all[a:b] for _, a, b in batch])
         noise = torch.cat([noise_of[t][a:b] for t, a, b in batch])
-        steps = torch.cat([torch.full((b - a,), t, dtype=torch.long, device=device) for t, a, b in batch])
+        counts = torch.tensor([b - a for _, a, b in batch], device=device)
+        steps = torch.tensor([t for t, _, _ in batch], device=device).repeat_interleave(counts)  # (B,)
         out = network_pass(model, steps, x0, noise, run.info.autocast)
         # rows run from T down to 1: the decoder's slices, if any, close the batch
         kl = [(t, b - a) for t, a, b in batch if t >= 2]

@@ -30,7 +30,7 @@ import torch
 from .gaussian import range_fraction
 from .rowcosts import ChebyshevBasis, fixed_row_affine
 from .schedule import NoiseSchedule
-from .stats import RowStats, pool, standard_error
+from .stats import RowStats, pool, segment_affine_stats, standard_error
 from .variances import AnalyticVariances, VarianceKind, reads_network_variance, row_log_ratio
 
 
@@ -67,6 +67,9 @@ class KLRowBlock:
         sched: the noise schedule; variance, analytic: the model's variance rule.
         dims: D, the dimensions of one image.
         device: where the network's outputs are.
+        pieces_per_group: learned rows: how many pieces share one set of batched products (default: one on a CPU,
+            where a piece's numbers then stay in cache; every piece of the batch elsewhere, for few kernel launches).
+        chunk_values: learned rows: see :func:`~dpddpm.rowcosts.chebyshev_moments` (default by device).
     """
 
     def __init__(
@@ -76,8 +79,13 @@ class KLRowBlock:
         dims: int,
         device: torch.device,
         analytic: AnalyticVariances | None = None,
+        pieces_per_group: int | None = None,
+        chunk_values: int | None = None,
     ) -> None:
         self.sched, self.variance, self.analytic = sched, variance, analytic
+        if pieces_per_group is None:
+            pieces_per_group = 1 if torch.device(device).type == "cpu" else 1 << 30
+        self.pieces_per_group, self.chunk_values = pieces_per_group, chunk_values
         self.dims, self.device = dims, device
         self.learned = reads_network_variance(variance)
         self._open: dict[int, _OpenRow] = {}
@@ -110,17 +118,22 @@ class KLRowBlock:
             self._add_learned(pieces, bounds, err2, v)
 
     def _add_learned(self, pieces: list[tuple[int, int]], bounds: list[int], err2: torch.Tensor, v: torch.Tensor):
-        """One basis for the batch (each piece on its own span of f), its moments for all images at once and the
-        coefficients of all pieces in one product; then each piece's mean and M2 from its features' Gram matrix."""
+        """One basis for the batch (each piece on its own span of f), its moments for all images at once; then the
+        pieces' coefficients and statistics ``pieces_per_group`` at a time, each group in a few batched products."""
         f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
         lo, hi = (x.cpu().numpy() for x in torch.aminmax(f, dim=1))  # (B,) each: one copy for all pieces
         rows = [self._open[t] for t, _ in pieces]
         spans = [(float(lo[a:b].min()), float(hi[a:b].max())) for a, b in zip(bounds[:-1], bounds[1:])]
         basis = ChebyshevBasis(spans, [count for _, count in pieces], [row.delta_max for row in rows])
-        features = basis.features(f, err2)  # (B, 2n)
-        coefs = basis.coefficients([row.delta for row in rows], [row.r for row in rows], self.dims)
-        for row, coef, a, b in zip(rows, coefs, bounds[:-1], bounds[1:]):
-            row.stats.add_affine(features[a:b], coef, torch.zeros_like(row.delta))
+        features = basis.features(f, err2, self.chunk_values)  # (B, 2n)
+        for first in range(0, len(pieces), self.pieces_per_group):
+            group = list(range(first, min(first + self.pieces_per_group, len(pieces))))
+            deltas, rs = [rows[i].delta for i in group], [rows[i].r for i in group]
+            coef = basis.coefficients(deltas, rs, self.dims, group)  # (G, 2n, L)
+            mean, m2 = segment_affine_stats(features, bounds[group[0] : group[-1] + 2], coef)
+            for j, i in enumerate(group):
+                jumps = rows[i].delta.shape[0]
+                rows[i].stats.add(pieces[i][1], mean[j, :jumps], m2[j, :jumps])
 
     def pop(self, t: int) -> RowResult:
         """Row t's results; the block forgets the row."""

@@ -69,7 +69,9 @@ def chebyshev_coefficients(values: torch.Tensor) -> torch.Tensor:
     return values @ chebyshev_basis(values.shape[-1], values.device).T  # (S, n_j)
 
 
-def chebyshev_moments(y: torch.Tensor, weights: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chebyshev_moments(
+    y: torch.Tensor, weights: torch.Tensor, n: int, chunk_values: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_d T_j(y_d) and sum_d w_d T_j(y_d) for j < n. y, weights: (B, D). Returns two (B, n) tensors.
 
     The recurrence runs on P_j = s_j T_j with signs s = +, +, -, -, +, +, ...: then P_{j+1} = P_{j-1} + c y P_j
@@ -81,7 +83,9 @@ def chebyshev_moments(y: torch.Tensor, weights: torch.Tensor, n: int) -> tuple[t
     B, D = y.shape
     plain = torch.empty(B, n, dtype=F64, device=y.device)
     weighted = torch.empty_like(plain)
-    step = max(1, (1 << 14) // max(D, 1)) if y.device.type == "cpu" else max(B, 1)
+    if chunk_values is None:
+        chunk_values = 1 << 14 if y.device.type == "cpu" else B * D
+    step = max(1, chunk_values // max(D, 1))
     sign = [1.0 if (j // 2) % 2 == 0 else -1.0 for j in range(n + 1)]  # s_j
     for a in range(0, B, step):
         yc, wc = y[a : a + step], weights[a : a + step]
@@ -122,32 +126,39 @@ class ChebyshevBasis:
         lo, hi = (float(x) for x in torch.aminmax(f))
         return cls([(lo, hi)], [f.shape[0]], [delta_max])
 
-    def features(self, f: torch.Tensor, err2: torch.Tensor) -> torch.Tensor:
-        """(B, 2n) float64: [sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)] for f, err2 (B, D), y = (f - m) / h."""
+    def features(self, f: torch.Tensor, err2: torch.Tensor, chunk_values: int | None = None) -> torch.Tensor:
+        """(B, 2n) float64: [sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)] for f, err2 (B, D), y = (f - m) / h
+        (``chunk_values``: see :func:`chebyshev_moments`)."""
         per_sample = lambda x: torch.tensor(x, dtype=F64, device=f.device).repeat_interleave(  # noqa: E731
             torch.tensor(self.counts, device=f.device)
         )[:, None]
         y = (f - per_sample(self.m)) / per_sample(self.h)
-        return torch.cat(chebyshev_moments(y, err2, self.n), dim=1)
+        return torch.cat(chebyshev_moments(y, err2, self.n, chunk_values), dim=1)
 
-    def coefficients(self, deltas: list[torch.Tensor], rs: list[torch.Tensor], dims: int) -> list[torch.Tensor]:
-        """Each group's (2n, L_g) float64 for its row's Delta_s and r_s (L_g,), in bits per dimension.
+    def coefficients(
+        self, deltas: list[torch.Tensor], rs: list[torch.Tensor], dims: int, groups: list[int] | None = None
+    ) -> torch.Tensor:
+        """(G, 2n, L) float64: the coefficients of groups ``groups`` (default all) for their rows' Delta_s and r_s
+        (lists of (L_g,) tensors), in bits per dimension; zero beyond each group's L_g, L the longest.
 
         Names as in the book's chapter 3: xs = f Delta_s at the nodes, A = a_sk and B = b_sk the coefficients of
-        phi_s(f) and exp(-f Delta_s); sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k). A group's values go in a
-        buffer laid out so that one product gives [A | r B] (group by group: each fits a CPU's cache).
+        phi_s(f) and exp(-f Delta_s); sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k). The values go in a buffer
+        laid out so that one product gives [A | r B]; a padded jump has Delta = r = 0 and so zero coefficients.
         """
-        k = torch.arange(self.n, dtype=F64, device=deltas[0].device)
+        groups = list(range(len(deltas))) if groups is None else groups
+        device = deltas[0].device
+        k = torch.arange(self.n, dtype=F64, device=device)
         y_nodes = torch.cos(math.pi * (k + 0.5) / self.n)
-        to_bits = chebyshev_basis(self.n, y_nodes.device).T * (0.5 / (dims * LN2))  # nats summed over dims -> bpd
-        coefs = []
-        for delta, r, m, h in zip(deltas, rs, self.m, self.h):
-            neg_xs = torch.outer(delta, -(m + h * y_nodes))  # (L, n): -f Delta_s at the nodes
-            values = torch.empty(delta.shape[0], 2, self.n, dtype=F64, device=delta.device)
-            torch.sub(torch.expm1(neg_xs), neg_xs, out=values[:, 0])  # phi_s(f) = xs - 1 + exp(-xs)
-            torch.mul(torch.exp(neg_xs), r[:, None], out=values[:, 1])  # r_s exp(-xs)
-            coefs.append((values.view(-1, self.n) @ to_bits).view(-1, 2 * self.n).T)
-        return coefs
+        to_bits = chebyshev_basis(self.n, device).T * (0.5 / (dims * LN2))  # nats summed over dims -> bpd
+        nodes = torch.tensor([[self.m[g], self.h[g]] for g in groups], dtype=F64, device=device)  # (G, 2)
+        f_nodes = nodes[:, :1] + nodes[:, 1:] * y_nodes  # (G, n): f at each group's nodes
+        delta = torch.nn.utils.rnn.pad_sequence(deltas, batch_first=True)  # (G, L)
+        neg_xs = -delta[:, :, None] * f_nodes[:, None, :]  # (G, L, n): -f Delta_s at the nodes
+        values = torch.empty(*neg_xs.shape[:2], 2, self.n, dtype=F64, device=device)
+        torch.sub(torch.expm1(neg_xs), neg_xs, out=values[:, :, 0])  # phi_s(f) = xs - 1 + exp(-xs)
+        r = torch.nn.utils.rnn.pad_sequence(rs, batch_first=True)
+        torch.mul(torch.exp(neg_xs), r[:, :, None], out=values[:, :, 1])  # r_s exp(-xs)
+        return (values.view(-1, self.n) @ to_bits).view(len(groups), -1, 2 * self.n).transpose(1, 2)
 
 
 def fixed_row_affine(delta: torch.Tensor, r: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +203,7 @@ class KLRow:
         if reads_network_variance(self.variance):  # the KL is not affine in e^2: Chebyshev moments of f
             f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
             basis = ChebyshevBasis.spanning(f, float(self.delta.max()))
-            (coef,) = basis.coefficients([self.delta], [self.r], self.dims)
+            coef = basis.coefficients([self.delta], [self.r], self.dims)[0]
             self.stats.add_affine(basis.features(f, err2), coef, torch.zeros_like(self.delta))
             return
         const, coef = fixed_row_affine(self.delta, self.r, self.dims)

@@ -63,16 +63,50 @@ def standard_error(n, m2: np.ndarray) -> np.ndarray:
         return np.where(n > 1, np.sqrt(m2 / (n * (n - 1))), np.nan)
 
 
+def segment_affine_stats(
+    features: torch.Tensor, bounds: list[int], coef: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and M2 of the values ``features[a:b] @ coef[g]`` of each segment g = [bounds[g], bounds[g+1]), without
+    forming them: the M2 is the quadratic form coef^T gram coef of the segment's centred features.
+
+    Args:
+        features: (B, F) float64; bounds: G + 1 ascending row indices; coef: (G, F, S).
+    Returns:
+        (mean, M2), each (G, S). All segments go through batched products (a few kernels for any G); segments of
+        unequal length are zero-padded, which adds nothing to a Gram matrix.
+    """
+    G = len(bounds) - 1
+    if G == 1:
+        segments = features[bounds[0] : bounds[1]][None]  # (1, c, F), a view
+        fmean = segments.mean(dim=1)
+        centered = segments - fmean[:, None, :]
+    else:
+        counts = torch.tensor(np.diff(bounds), dtype=F64, device=features.device)  # (G,)
+        longest = int(np.diff(bounds).max())
+        offsets = np.arange(longest)
+        rows = np.minimum(np.asarray(bounds[:-1])[:, None] + offsets, bounds[-1] - 1)  # (G, longest), clipped
+        inside = torch.as_tensor(offsets < np.diff(bounds)[:, None], dtype=F64, device=features.device)[..., None]
+        segments = features[torch.as_tensor(rows, device=features.device)] * inside  # (G, longest, F)
+        fmean = segments.sum(dim=1) / counts[:, None]
+        centered = (segments - fmean[:, None, :]) * inside
+    gram = centered.transpose(1, 2) @ centered  # (G, F, F)
+    mean = (fmean[:, None, :] @ coef)[:, 0]
+    return mean, ((gram @ coef) * coef).sum(dim=1).clamp(min=0.0)
+
+
 class RowStats:
     """Running count, mean and M2 of per-sample values of shape (S,), kept in float64 on the device."""
 
     def __init__(self, size: int, device: torch.device) -> None:
-        self.n = 0
-        self.mean = torch.zeros(size, dtype=F64, device=device)
-        self.m2 = torch.zeros(size, dtype=F64, device=device)
+        self.n, self.size, self.device = 0, size, device
+        self.mean: torch.Tensor | None = None  # until the first samples: nothing allocated, no kernel launched
+        self.m2: torch.Tensor | None = None
 
     def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         """Merge a batch of n samples with batch mean (S,) and batch M2 (S,)."""
+        if self.n == 0:  # nothing to pool with (a row in one piece): take them as they are, no tensor work
+            self.n, self.mean, self.m2 = n, mean, m2
+            return
         self.n, self.mean, self.m2 = pool(self.n, self.mean, self.m2, n, mean, m2)
 
     def add_samples(self, values: torch.Tensor) -> None:
@@ -82,14 +116,13 @@ class RowStats:
 
     def add_affine(self, features: torch.Tensor, coef: torch.Tensor, const: torch.Tensor) -> None:
         """Merge values ``const + features @ coef`` without forming them: features (n, F), coef (F, S)."""
-        n = features.shape[0]
-        fmean = features.mean(dim=0)
-        centered = features - fmean
-        gram = centered.T @ centered  # (F, F): the values' M2 is the quadratic form coef^T gram coef
-        self.add(n, const + fmean @ coef, ((gram @ coef) * coef).sum(dim=0).clamp(min=0.0))
+        mean, m2 = segment_affine_stats(features, [0, features.shape[0]], coef[None])
+        self.add(features.shape[0], const + mean[0], m2[0])
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, standard error of the mean) as float64 numpy arrays of shape (S,)."""
+        """(mean, standard error of the mean) as float64 numpy arrays of shape (S,); zeros and NaN with no samples."""
+        if self.mean is None:
+            return np.zeros(self.size), np.full(self.size, np.nan)
         return self.mean.cpu().numpy(), standard_error(self.n, self.m2.cpu().numpy())
 
 

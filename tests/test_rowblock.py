@@ -34,16 +34,25 @@ def _analytic_model():
     return dpddpm.AnalyticVariances(mse=mse, decoder_log_variance=-6.0)
 
 
-@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "learned_range", "analytic"])
+GROUPINGS = {"cpu": (None, None), "mixed": (3, 100), "gpu": (1 << 30, 1 << 30)}  # (pieces_per_group, chunk_values)
+
+
+@pytest.mark.parametrize(
+    "variance, grouping",
+    [("fixed_small", "cpu"), ("fixed_large", "cpu"), ("analytic", "cpu")]  # grouping concerns learned rows only
+    + [("learned_range", grouping) for grouping in GROUPINGS],
+)
 @pytest.mark.parametrize("batch_size", [7, 23, 50, 1000])
-def test_block_equals_one_row_at_a_time(variance, batch_size):
+def test_block_equals_one_row_at_a_time(variance, batch_size, grouping):
     """Rows 200 .. 2 packed into batches of any size (rows split across batches, batches holding many rows) give
-    each row's mean, standard error and m_t of KLRow fed the whole row at once."""
+    each row's mean, standard error and m_t of KLRow fed the whole row at once; with a CPU's grouping (a piece at
+    a time, moments in chunks), a GPU's (all pieces of a batch in one set of products) or anything between."""
     analytic = _analytic_model() if variance == "analytic" else None
     learned = variance == "learned_range"
     rows = list(range(SCHED.T, 1, -1))
     outputs = {t: _outputs(t, learned) for t in rows}
-    block = KLRowBlock(SCHED, variance, D, CPU, analytic=analytic)
+    per_group, chunk = GROUPINGS[grouping]
+    block = KLRowBlock(SCHED, variance, D, CPU, analytic=analytic, pieces_per_group=per_group, chunk_values=chunk)
     finished = {}
     flat = [(t, i) for t in rows for i in range(N)]
     for start in range(0, len(flat), batch_size):
@@ -152,3 +161,18 @@ def test_check_finite_fast_path():
             check_finite(torch.tensor(bad), "the output")
     check_finite(torch.full((8,), 3e38, dtype=torch.float32), "the output")  # the sum overflows, the values do not
     check_finite(torch.arange(5), "integers")
+
+
+def test_segment_affine_stats_against_the_values_formed():
+    """Segments of unequal length (padded inside) give the mean and M2 of the values features @ coef formed."""
+    from dpddpm.stats import segment_affine_stats
+
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(40, 6, generator=g, dtype=torch.float64) + 3.0
+    bounds = [0, 1, 13, 30, 40]  # one segment of a single sample
+    coef = torch.randn(4, 6, 9, generator=g, dtype=torch.float64)
+    mean, m2 = segment_affine_stats(features, bounds, coef)
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        values = features[a:b] @ coef[k]
+        torch.testing.assert_close(mean[k], values.mean(0), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(m2[k], ((values - values.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-9)
