@@ -119,6 +119,7 @@ class ChebyshevBasis:
         self.m, self.h = (list(x) for x in zip(*(chebyshev_span(lo, hi) for lo, hi in spans)))
         self.counts = counts
         self.n = max(chebyshev_degree(d * h) for d, h in zip(delta_max, self.h))
+        self._nodes: tuple[torch.Tensor, torch.Tensor] | None = None  # (y_k, basis^T) on the rows' device
 
     @classmethod
     def spanning(cls, f: torch.Tensor, delta_max: float) -> ChebyshevBasis:
@@ -147,18 +148,24 @@ class ChebyshevBasis:
         """
         groups = list(range(len(deltas))) if groups is None else groups
         device = deltas[0].device
-        k = torch.arange(self.n, dtype=F64, device=device)
-        y_nodes = torch.cos(math.pi * (k + 0.5) / self.n)
-        to_bits = chebyshev_basis(self.n, device).T * (0.5 / (dims * LN2))  # nats summed over dims -> bpd
-        nodes = torch.tensor([[self.m[g], self.h[g]] for g in groups], dtype=F64, device=device)  # (G, 2)
-        f_nodes = nodes[:, :1] + nodes[:, 1:] * y_nodes  # (G, n): f at each group's nodes
-        delta = torch.nn.utils.rnn.pad_sequence(deltas, batch_first=True)  # (G, L)
+        if self._nodes is None or self._nodes[0].device != device:  # once per basis, not per group
+            k = torch.arange(self.n, dtype=F64, device=device)
+            self._nodes = torch.cos(math.pi * (k + 0.5) / self.n), chebyshev_basis(self.n, device).T
+        y_nodes, basis_t = self._nodes
+        to_bits = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
+        if len(groups) == 1:  # views, no padding (a CPU's path: one piece at a time)
+            (g,) = groups
+            f_nodes, delta, r = (self.m[g] + self.h[g] * y_nodes)[None], deltas[0][None], rs[0][None]
+        else:
+            nodes = torch.tensor([[self.m[g], self.h[g]] for g in groups], dtype=F64, device=device)  # (G, 2)
+            f_nodes = nodes[:, :1] + nodes[:, 1:] * y_nodes  # (G, n): f at each group's nodes
+            delta = torch.nn.utils.rnn.pad_sequence(deltas, batch_first=True)  # (G, L)
+            r = torch.nn.utils.rnn.pad_sequence(rs, batch_first=True)
         neg_xs = -delta[:, :, None] * f_nodes[:, None, :]  # (G, L, n): -f Delta_s at the nodes
         values = torch.empty(*neg_xs.shape[:2], 2, self.n, dtype=F64, device=device)
         torch.sub(torch.expm1(neg_xs), neg_xs, out=values[:, :, 0])  # phi_s(f) = xs - 1 + exp(-xs)
-        r = torch.nn.utils.rnn.pad_sequence(rs, batch_first=True)
         torch.mul(torch.exp(neg_xs), r[:, :, None], out=values[:, :, 1])  # r_s exp(-xs)
-        return (values.view(-1, self.n) @ to_bits).view(len(groups), -1, 2 * self.n).transpose(1, 2)
+        return (values.view(-1, self.n) @ (basis_t * to_bits)).view(len(groups), -1, 2 * self.n).transpose(1, 2)
 
 
 def fixed_row_affine(delta: torch.Tensor, r: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
