@@ -81,8 +81,8 @@ def chebyshev_moments(
     GPU all at once.
     """
     B, D = y.shape
-    plain = torch.empty(B, n, dtype=F64, device=y.device)
-    weighted = torch.empty_like(plain)
+    # sums land straight in rows of (n, B) buffers (no copy per term); the signs s_j are undone once at the end
+    plain, weighted = torch.empty(2, n, B, dtype=F64, device=y.device)
     if chunk_values is None:
         chunk_values = 1 << 14 if y.device.type == "cpu" else B * D
     step = max(1, chunk_values // max(D, 1))
@@ -90,13 +90,15 @@ def chebyshev_moments(
     for a in range(0, B, step):
         yc, wc = y[a : a + step], weights[a : a + step]
         p_prev, p_cur, product = torch.ones_like(yc), yc.clone(), torch.empty_like(yc)
-        plain[a : a + step, 0], weighted[a : a + step, 0] = D, wc.sum(dim=1)
+        plain[0, a : a + step] = D
+        torch.sum(wc, dim=1, out=weighted[0, a : a + step])
         for j in range(1, n):
-            plain[a : a + step, j] = p_cur.sum(dim=1) * sign[j]
-            weighted[a : a + step, j] = torch.mul(wc, p_cur, out=product).sum(dim=1) * sign[j]
+            torch.sum(p_cur, dim=1, out=plain[j, a : a + step])
+            torch.sum(torch.mul(wc, p_cur, out=product), dim=1, out=weighted[j, a : a + step])
             p_prev.addcmul_(yc, p_cur, value=2.0 * sign[j + 1] * sign[j])  # P_{j+1}, in P_{j-1}'s place
             p_prev, p_cur = p_cur, p_prev
-    return plain, weighted
+    signs = torch.tensor(sign[:n], dtype=F64, device=y.device)[:, None]
+    return (plain * signs).T, (weighted * signs).T
 
 
 def chebyshev_span(lo: float, hi: float) -> tuple[float, float]:
