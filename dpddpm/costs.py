@@ -23,6 +23,7 @@ import torch
 
 from .costmatrix import CostMatrix
 from .fingerprint import data_fingerprint, image_hashes, model_fingerprint
+from .gaussian import standard_normal
 from .model import DDPM, model_on, resolve_device
 from .netpass import autocast_context, network_pass
 from .progress import progress_bar
@@ -42,9 +43,10 @@ def row_generator(seed: int, t: int, device: torch.device) -> torch.Generator:
 
 
 def row_noise(seed: int, t: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Row t's noise, float64 (N, D): one draw from :func:`row_generator`. The cost matrix, its in-sample replay
-    and the analytic-variance fit all take it from here, so they see the very same x_t."""
-    return torch.randn(shape, generator=row_generator(seed, t, device), device=device, dtype=torch.float64)
+    """Row t's noise, float64 (N, D): torch.randn's draw from :func:`row_generator` (formed by
+    :func:`~dpddpm.gaussian.standard_normal`). The cost matrix, its in-sample replay and the analytic-variance fit
+    all take it from here, so they see the very same x_t."""
+    return standard_normal(shape, row_generator(seed, t, device), device)
 
 
 class Row(NamedTuple):
@@ -178,7 +180,7 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
         n_kl = sum(count for _, count in kl)
         if kl:
             v = None if out.v is None else out.v[:n_kl]
-            kl_rows.add(kl, (x0[:n_kl] - out.x0_hat[:n_kl]).pow(2), v)
+            kl_rows.add(kl, torch.sub(x0[:n_kl], out.x0_hat[:n_kl]).square_(), v)
         if n_kl < x0.shape[0]:
             decoder.add(x0[n_kl:], out.x0_hat[n_kl:], None if out.v is None else out.v[n_kl:])
         for t, _, b in batch:

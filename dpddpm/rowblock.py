@@ -9,7 +9,7 @@ a whole batch costs a handful:
   (:func:`~dpddpm.rowcosts.fixed_row_affine`). The batch's s_n come to the CPU in one copy; each row keeps only
   the count, mean and M2 of its s_n, and becomes L(t, s) = const_s + coef_s mean(s) with standard error
   |coef_s| se(s) when it is complete: no tensor work per row at all.
-* learned_range: one :class:`~dpddpm.rowcosts.ChebyshevBasis` serves the batch (each piece expanded on the span
+* learned_range: one :class:`~dpddpm.chebyshev.ChebyshevBasis` serves the batch (each piece expanded on the span
   of its own f, with the batch's largest number of terms), its moments are computed once for all the batch's
   images, and the coefficients of all its pieces in one product; each piece then adds its mean and M2 through
   the Gram matrix of its features (:meth:`~dpddpm.stats.RowStats.add_affine`).
@@ -27,8 +27,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .chebyshev import ChebyshevBasis
 from .gaussian import range_fraction
-from .rowcosts import ChebyshevBasis, fixed_row_affine
+from .rowcosts import fixed_row_affine
 from .schedule import NoiseSchedule
 from .stats import RowStats, pool, segment_affine_stats, standard_error
 from .variances import AnalyticVariances, VarianceKind, reads_network_variance, row_log_ratio
@@ -69,7 +70,7 @@ class KLRowBlock:
         device: where the network's outputs are.
         pieces_per_group: learned rows: how many pieces share one set of batched products (default: one on a CPU,
             where a piece's numbers then stay in cache; every piece of the batch elsewhere, for few kernel launches).
-        chunk_values: learned rows: see :func:`~dpddpm.rowcosts.chebyshev_moments` (default by device).
+        chunk_values: learned rows: see :func:`~dpddpm.chebyshev.chebyshev_moments` (default by device).
     """
 
     def __init__(
@@ -126,11 +127,12 @@ class KLRowBlock:
         spans = [(float(lo[a:b].min()), float(hi[a:b].max())) for a, b in zip(bounds[:-1], bounds[1:])]
         basis = ChebyshevBasis(spans, [count for _, count in pieces], [row.delta_max for row in rows])
         features = basis.features(f, err2, self.chunk_values)  # (B, 2n)
+        change = basis.to_coefficients(self.dims, f.device)  # node values @ change = coefficients
         for first in range(0, len(pieces), self.pieces_per_group):
             group = list(range(first, min(first + self.pieces_per_group, len(pieces))))
             deltas, rs = [rows[i].delta for i in group], [rows[i].r for i in group]
-            coef = basis.coefficients(deltas, rs, self.dims, group)  # (G, 2n, L)
-            mean, m2 = segment_affine_stats(features, bounds[group[0] : group[-1] + 2], coef)
+            values = basis.node_values(deltas, rs, group)  # (G, L, 2n)
+            mean, m2 = segment_affine_stats(features, bounds[group[0] : group[-1] + 2], values, change)
             for j, i in enumerate(group):
                 jumps = rows[i].delta.shape[0]
                 rows[i].stats.add(pieces[i][1], mean[j, :jumps], m2[j, :jumps])

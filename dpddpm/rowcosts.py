@@ -10,8 +10,9 @@ For a fixed t, every edge cost L(t, s), s = 1 .. t-1, is an affine function of a
   phi_s(f) = f Delta_s - 1 + exp(-f Delta_s),  Delta_s = log(beta_{t|s} / beta~_{s|t}),  r_s = c1^2 / beta~,
   e = x0 - x^0 and f = (v + 1) / 2 per dimension. Expanding phi_s and exp(-f Delta_s) in Chebyshev
   polynomials T_j of f on the interval the samples span turns the sum over dimensions into moments
-  sum_d T_j(f_d) and sum_d e_d^2 T_j(f_d) (the features), and each s into a coefficient vector.
-  This agrees with the direct sum to ~1e-9 relative or better; a test checks 1e-6 on the real schedule.
+  sum_d T_j(f_d) and sum_d e_d^2 T_j(f_d) (the features), and each s into a coefficient vector
+  (:mod:`dpddpm.chebyshev`). This agrees with the direct sum to ~1e-9 relative or better; a test checks 1e-6
+  on the real schedule.
 
 Rows accumulate (count, mean, sum of squared deviations) per s, merged across batches with Chan et al.'s
 formula, so standard errors need no second pass and no cancellation. Every row also accumulates each image's
@@ -21,11 +22,10 @@ KL-optimal variances at no extra network call.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from .chebyshev import ChebyshevBasis
 from .gaussian import certain_bins, discretized_gaussian_nll, range_fraction
 from .schedule import NoiseSchedule
 from .stats import RowStats
@@ -44,130 +44,6 @@ def x_minus_1_plus_exp_neg(x: torch.Tensor) -> torch.Tensor:
     direct = x + torch.expm1(-x)
     series = x * x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x / 120.0)))
     return torch.where(x.abs() < 3e-3, series, direct)
-
-
-def chebyshev_degree(spread: float) -> int:
-    """Number of Chebyshev terms for exp(c y) on [-1, 1] with |c| = spread.
-
-    10 + 1.5 |c| terms gave row costs within 1e-12 relative of the direct sum on the T = 4000 cosine schedule
-    for f spanning [-0.1, 1.1] and [-0.5, 1.5] (measured); the DESIGN target is 1e-6.
-    """
-    return int(min(160, max(8, math.ceil(10 + 1.5 * spread))))
-
-
-def chebyshev_basis(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(n_j, n_k) float64: the map from values at the nodes y_k = cos(pi (k + 1/2) / n) to interpolant coefficients."""
-    k = torch.arange(n, dtype=F64, device=device)
-    j = torch.arange(n, dtype=F64, device=device)
-    basis = torch.cos(math.pi * j[:, None] * (k[None, :] + 0.5) / n) * (2.0 / n)
-    basis[0] *= 0.5
-    return basis
-
-
-def chebyshev_coefficients(values: torch.Tensor) -> torch.Tensor:
-    """Coefficients of the interpolant through Chebyshev nodes: values (S, n) at y_k = cos(pi (k + 1/2) / n)."""
-    return values @ chebyshev_basis(values.shape[-1], values.device).T  # (S, n_j)
-
-
-def chebyshev_moments(
-    y: torch.Tensor, weights: torch.Tensor, n: int, chunk_values: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_d T_j(y_d) and sum_d w_d T_j(y_d) for j < n. y, weights: (B, D). Returns two (B, n) tensors.
-
-    The recurrence runs on P_j = s_j T_j with signs s = +, +, -, -, +, +, ...: then P_{j+1} = P_{j-1} + c y P_j
-    with c = +-2, one fused multiply-add per term instead of three passes (T_{j+1} = 2 y T_j - T_{j-1}). On a CPU
-    the images go through in cache-sized chunks of about 16k values (with the fused recurrence, 9.0 ms against
-    28.7 ms for one pass of the three-pass recurrence over 4096 x 64 at 20 terms, one thread, measured); on a
-    GPU all at once.
-    """
-    B, D = y.shape
-    # sums land straight in rows of (n, B) buffers (no copy per term); the signs s_j are undone once at the end
-    plain, weighted = torch.empty(2, n, B, dtype=F64, device=y.device)
-    if chunk_values is None:
-        chunk_values = 1 << 14 if y.device.type == "cpu" else B * D
-    step = max(1, chunk_values // max(D, 1))
-    sign = [1.0 if (j // 2) % 2 == 0 else -1.0 for j in range(n + 1)]  # s_j
-    for a in range(0, B, step):
-        yc, wc = y[a : a + step], weights[a : a + step]
-        p_prev, p_cur, product = torch.ones_like(yc), yc.clone(), torch.empty_like(yc)
-        plain[0, a : a + step] = D
-        torch.sum(wc, dim=1, out=weighted[0, a : a + step])
-        for j in range(1, n):
-            torch.sum(p_cur, dim=1, out=plain[j, a : a + step])
-            torch.sum(torch.mul(wc, p_cur, out=product), dim=1, out=weighted[j, a : a + step])
-            p_prev.addcmul_(yc, p_cur, value=2.0 * sign[j + 1] * sign[j])  # P_{j+1}, in P_{j-1}'s place
-            p_prev, p_cur = p_cur, p_prev
-    signs = torch.tensor(sign[:n], dtype=F64, device=y.device)[:, None]
-    return (plain * signs).T, (weighted * signs).T
-
-
-def chebyshev_span(lo: float, hi: float) -> tuple[float, float]:
-    """(m, h): the centre and half-width of the interval [lo, hi] that f spans, widened if it is degenerate."""
-    if hi - lo < 1e-6:  # the expansion stays exact on a wider interval
-        lo, hi = lo - 1e-3, hi + 1e-3
-    return (hi + lo) / 2, (hi - lo) / 2
-
-
-class ChebyshevBasis:
-    """Expansions of learned-variance rows in n Chebyshev polynomials of f, each group of samples on its own span.
-
-    Samples come in groups (a row's images in a batch), group g on [m_g - h_g, m_g + h_g]; :meth:`features` gives
-    each sample's moments and :meth:`coefficients` each group's coefficients, so that for a sample of group g,
-    bpd(s) = features @ coefficients_g[:, s]. n serves the widest group: more terms only make a group more exact.
-    """
-
-    def __init__(self, spans: list[tuple[float, float]], counts: list[int], delta_max: list[float]) -> None:
-        """spans: each group's (lo, hi) of f; counts: its samples; delta_max: the largest Delta_s of its row."""
-        self.m, self.h = (list(x) for x in zip(*(chebyshev_span(lo, hi) for lo, hi in spans)))
-        self.counts = counts
-        self.n = max(chebyshev_degree(d * h) for d, h in zip(delta_max, self.h))
-        self._nodes: tuple[torch.Tensor, torch.Tensor] | None = None  # (y_k, basis^T) on the rows' device
-
-    @classmethod
-    def spanning(cls, f: torch.Tensor, delta_max: float) -> ChebyshevBasis:
-        """One group: the samples f (B, D) of one row."""
-        lo, hi = (float(x) for x in torch.aminmax(f))
-        return cls([(lo, hi)], [f.shape[0]], [delta_max])
-
-    def features(self, f: torch.Tensor, err2: torch.Tensor, chunk_values: int | None = None) -> torch.Tensor:
-        """(B, 2n) float64: [sum_d Ch_k(y_d), sum_d e_d^2 Ch_k(y_d)] for f, err2 (B, D), y = (f - m) / h
-        (``chunk_values``: see :func:`chebyshev_moments`)."""
-        per_sample = lambda x: torch.tensor(x, dtype=F64, device=f.device).repeat_interleave(  # noqa: E731
-            torch.tensor(self.counts, device=f.device)
-        )[:, None]
-        y = (f - per_sample(self.m)) / per_sample(self.h)
-        return torch.cat(chebyshev_moments(y, err2, self.n, chunk_values), dim=1)
-
-    def coefficients(
-        self, deltas: list[torch.Tensor], rs: list[torch.Tensor], dims: int, groups: list[int] | None = None
-    ) -> torch.Tensor:
-        """(G, 2n, L) float64: the coefficients of groups ``groups`` (default all) for their rows' Delta_s and r_s
-        (lists of (L_g,) tensors), in bits per dimension; zero beyond each group's L_g, L the longest.
-
-        Names as in the book's chapter 3: xs = f Delta_s at the nodes, A = a_sk and B = b_sk the coefficients of
-        phi_s(f) and exp(-f Delta_s); sum_d KL_d = 0.5 sum_k (a_sk M_k + r_s b_sk W_k). The values go in a buffer
-        laid out so that one product gives [A | r B]; a padded jump has Delta = r = 0 and so zero coefficients.
-        """
-        groups = list(range(len(deltas))) if groups is None else groups
-        device = deltas[0].device
-        if self._nodes is None or self._nodes[0].device != device:  # once per basis, not per group
-            k = torch.arange(self.n, dtype=F64, device=device)
-            self._nodes = torch.cos(math.pi * (k + 0.5) / self.n), chebyshev_basis(self.n, device).T
-        y_nodes, basis_t = self._nodes
-        to_bits = 0.5 / (dims * LN2)  # nats summed over dims -> bits per dim
-        if len(groups) == 1:  # views, no padding (a CPU's path: one piece at a time)
-            (g,) = groups
-            f_nodes, delta, r = (self.m[g] + self.h[g] * y_nodes)[None], deltas[0][None], rs[0][None]
-        else:
-            nodes = torch.tensor([[self.m[g], self.h[g]] for g in groups], dtype=F64, device=device)  # (G, 2)
-            f_nodes = nodes[:, :1] + nodes[:, 1:] * y_nodes  # (G, n): f at each group's nodes
-            delta = torch.nn.utils.rnn.pad_sequence(deltas, batch_first=True)  # (G, L)
-            r = torch.nn.utils.rnn.pad_sequence(rs, batch_first=True)
-        neg_xs = -delta[:, :, None] * f_nodes[:, None, :]  # (G, L, n): -f Delta_s at the nodes
-        values = torch.empty(*neg_xs.shape[:2], 2, self.n, dtype=F64, device=device)
-        torch.sub(torch.expm1(neg_xs), neg_xs, out=values[:, :, 0])  # phi_s(f) = xs - 1 + exp(-xs)
-        torch.mul(torch.exp(neg_xs), r[:, :, None], out=values[:, :, 1])  # r_s exp(-xs)
-        return (values.view(-1, self.n) @ (basis_t * to_bits)).view(len(groups), -1, 2 * self.n).transpose(1, 2)
 
 
 def fixed_row_affine(delta: torch.Tensor, r: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,11 +88,11 @@ class KLRow:
         if reads_network_variance(self.variance):  # the KL is not affine in e^2: Chebyshev moments of f
             f = range_fraction(v.reshape(v.shape[0], -1))  # (B, D)
             basis = ChebyshevBasis.spanning(f, float(self.delta.max()))
-            coef = basis.coefficients([self.delta], [self.r], self.dims)[0]
+            coef = basis.coefficients([self.delta], [self.r], self.dims)[0]  # (t-1, 2n)
             self.stats.add_affine(basis.features(f, err2), coef, torch.zeros_like(self.delta))
             return
         const, coef = fixed_row_affine(self.delta, self.r, self.dims)
-        self.stats.add_affine(err2.sum(dim=1, keepdim=True), coef[None, :], const)
+        self.stats.add_affine(err2.sum(dim=1, keepdim=True), coef[:, None], const)
 
 
 class DecoderRow:

@@ -64,13 +64,16 @@ def standard_error(n, m2: np.ndarray) -> np.ndarray:
 
 
 def segment_affine_stats(
-    features: torch.Tensor, bounds: list[int], coef: torch.Tensor
+    features: torch.Tensor, bounds: list[int], coef: torch.Tensor, change: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and M2 of the values ``features[a:b] @ coef[g]`` of each segment g = [bounds[g], bounds[g+1]), without
-    forming them: the M2 is the quadratic form coef^T gram coef of the segment's centred features.
+    """Mean and M2 of the values ``features[a:b] @ (coef[g] @ change).T`` of each segment g = [bounds[g],
+    bounds[g+1]), without forming them: the M2 is the quadratic form of the segment's centred Gram matrix.
 
     Args:
-        features: (B, F) float64; bounds: G + 1 ascending row indices; coef: (G, F, S).
+        features: (B, F) float64; bounds: G + 1 ascending row indices.
+        coef: (G, S, F'), one coefficient vector per value s (F' = F without ``change``).
+        change: (F', F) or None (identity): coefficients in another basis. It is folded into each segment's
+            (F, F) mean and Gram matrix, so the (S, F) coefficients in the features' own basis are never formed.
     Returns:
         (mean, M2), each (G, S). All segments go through batched products (a few kernels for any G); segments of
         unequal length are zero-padded, which adds nothing to a Gram matrix.
@@ -90,8 +93,10 @@ def segment_affine_stats(
         fmean = segments.sum(dim=1) / counts[:, None]
         centered = (segments - fmean[:, None, :]) * inside
     gram = centered.transpose(1, 2) @ centered  # (G, F, F)
-    mean = (fmean[:, None, :] @ coef)[:, 0]
-    return mean, ((gram @ coef) * coef).sum(dim=1).clamp(min=0.0)
+    if change is not None:  # values = features @ change^T @ coef^T: fold change into the mean and the Gram
+        fmean, gram = fmean @ change.T, change @ gram @ change.T
+    mean = (coef @ fmean[:, :, None])[..., 0]
+    return mean, ((coef @ gram) * coef).sum(dim=2).clamp(min=0.0)  # the Gram is symmetric
 
 
 class RowStats:
@@ -115,7 +120,7 @@ class RowStats:
         self.add(values.shape[0], mean, (values - mean).pow(2).sum(dim=0))
 
     def add_affine(self, features: torch.Tensor, coef: torch.Tensor, const: torch.Tensor) -> None:
-        """Merge values ``const + features @ coef`` without forming them: features (n, F), coef (F, S)."""
+        """Merge values ``const + features @ coef.T`` without forming them: features (n, F), coef (S, F)."""
         mean, m2 = segment_affine_stats(features, [0, features.shape[0]], coef[None])
         self.add(features.shape[0], const + mean[0], m2[0])
 

@@ -16,6 +16,7 @@ from dpddpm.gaussian import (
     predict_x0,
     q_sample,
     range_fraction,
+    standard_normal,
 )
 from dpddpm.variances import VARIANCE_KINDS, VarianceKind, jump_log_variance, log_variance_range, model_log_variance
 
@@ -151,3 +152,21 @@ def test_discretized_gaussian_sums_to_one_over_the_levels(num_bins):
     for mean, log_var in ((0.3, math.log(0.05)), (-0.99, math.log(1e-4)), (0.0, math.log(4.0))):
         p = torch.exp(-discretized_gaussian_nll(levels, torch.tensor(mean, dtype=torch.float64), log_var, num_bins))
         assert math.isclose(float(p.sum()), 1.0, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(300, 64), (16,), (17,), (7,), (1, 33), (5, 100), (4099, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_standard_normal_is_torch_randns_float64_draw(shape, threads):
+    """The cost matrix's noise: torch.randn's own values to a few ulp, and the generator left in the same state
+    (whole blocks of 16, the redrawn last 16, sizes below 16), on one thread or two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours, theirs = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        z = standard_normal(shape, ours, torch.device("cpu"))
+        reference = torch.randn(shape, generator=theirs, dtype=torch.float64)
+    finally:
+        torch.set_num_threads(before)
+    assert z.shape == reference.shape and z.dtype == torch.float64
+    torch.testing.assert_close(z, reference, rtol=8 * torch.finfo(torch.float64).eps, atol=1e-15)
+    assert torch.equal(ours.get_state(), theirs.get_state())  # the same number of uniforms consumed

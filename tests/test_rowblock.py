@@ -164,15 +164,21 @@ def test_check_finite_fast_path():
 
 
 def test_segment_affine_stats_against_the_values_formed():
-    """Segments of unequal length (padded inside) give the mean and M2 of the values features @ coef formed."""
+    """Segments of unequal length (padded inside) give the mean and M2 of the values features @ coef.T formed, and
+    with a change of basis folded in, of features @ (coef @ change).T."""
     from dpddpm.stats import segment_affine_stats
 
     g = torch.Generator().manual_seed(1)
     features = torch.randn(40, 6, generator=g, dtype=torch.float64) + 3.0
     bounds = [0, 1, 13, 30, 40]  # one segment of a single sample
-    coef = torch.randn(4, 6, 9, generator=g, dtype=torch.float64)
+    coef = torch.randn(4, 9, 6, generator=g, dtype=torch.float64)  # 9 values per segment
+    change = torch.randn(6, 6, generator=g, dtype=torch.float64)
     mean, m2 = segment_affine_stats(features, bounds, coef)
+    mean_changed, m2_changed = segment_affine_stats(features, bounds, coef, change)
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        values = features[a:b] @ coef[k]
+        values = features[a:b] @ coef[k].T
         torch.testing.assert_close(mean[k], values.mean(0), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m2[k], ((values - values.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-9)
+        values = features[a:b] @ (coef[k] @ change).T  # coefficients in another basis
+        torch.testing.assert_close(mean_changed[k], values.mean(0), rtol=1e-12, atol=1e-11)
+        torch.testing.assert_close(m2_changed[k], ((values - values.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-8)

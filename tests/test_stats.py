@@ -54,12 +54,12 @@ def test_row_stats_over_uneven_batches_equal_one_pass():
 def test_row_stats_affine_values_equal_the_formed_values():
     g = torch.Generator().manual_seed(2)
     features = torch.randn(20, 3, generator=g, dtype=torch.float64)
-    coef = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    coef = torch.randn(6, 3, generator=g, dtype=torch.float64)  # (values, features)
     const = torch.randn(6, generator=g, dtype=torch.float64)
     affine, formed = RowStats(6, torch.device("cpu")), RowStats(6, torch.device("cpu"))
     for sl in (slice(0, 8), slice(8, 20)):
         affine.add_affine(features[sl], coef, const)
-        formed.add_samples(const + features[sl] @ coef)
+        formed.add_samples(const + features[sl] @ coef.T)
     for a, b in zip(affine.result(), formed.result()):
         np.testing.assert_allclose(a, b, rtol=1e-10)
 
