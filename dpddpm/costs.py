@@ -23,7 +23,7 @@ import torch
 
 from .costmatrix import CostMatrix
 from .fingerprint import data_fingerprint, image_hashes, model_fingerprint
-from .gaussian import standard_normal
+from .gaussian import standard_normal, standard_normal_rows
 from .model import DDPM, model_on, resolve_device
 from .netpass import autocast_context, network_pass
 from .progress import progress_bar
@@ -45,8 +45,13 @@ def row_generator(seed: int, t: int, device: torch.device) -> torch.Generator:
 def row_noise(seed: int, t: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
     """Row t's noise, float64 (N, D): torch.randn's draw from :func:`row_generator` (formed by
     :func:`~dpddpm.gaussian.standard_normal`). The cost matrix, its in-sample replay and the analytic-variance fit
-    all take it from here, so they see the very same x_t."""
+    all take it from here (or from :func:`rows_noise`), so they see the very same x_t."""
     return standard_normal(shape, row_generator(seed, t, device), device)
+
+
+def rows_noise(seed: int, rows: list[int], shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(R, N, D) float64: :func:`row_noise` of each of the rows, drawn together."""
+    return standard_normal_rows(shape, [row_generator(seed, t, device) for t in rows], device)
 
 
 class Row(NamedTuple):
@@ -167,9 +172,8 @@ def _finished_rows(run: CostRun, row_list: list[int], bar) -> Iterator[Row]:
     decoder = DecoderRow(model.schedule, model.variance, model.num_bins, device, analytic=model.analytic)
     noise_of: dict[int, torch.Tensor] = {}
     for batch in _pieces(row_list, N, run.batch_size):
-        for t, _, _ in batch:
-            if t not in noise_of:
-                noise_of[t] = row_noise(run.seed, t, (N, D), device)
+        new_rows = [t for t, _, _ in batch if t not in noise_of]
+        noise_of.update(zip(new_rows, rows_noise(run.seed, new_rows, (N, D), device)))
         x0 = torch.cat([x0_all[a:b] for _, a, b in batch])
         noise = torch.cat([noise_of[t][a:b] for t, a, b in batch])
         counts = torch.tensor([b - a for _, a, b in batch], device=device)

@@ -9,7 +9,7 @@ With a_t = alpha_bar_t:
                                itself, for each kind, is :mod:`dpddpm.variances`)
     normal_kl                  KL between two Gaussians, nats per element
     discretized_gaussian_nll   -log P(x_0) of a Gaussian integrated over the data's bins, nats per element
-    standard_normal            float64 noise: torch.randn's draw, formed twice as fast on a CPU
+    standard_normal            float64 noise: torch.randn's draw, formed twice as fast on a CPU (``_rows``: many)
 
 A step t is an int (one step for the whole batch) or a (B,) long tensor (each sample its own step, as in training).
 Every value is float64; an int t takes its coefficients as Python floats, a tensor t as (B, 1, ..., 1) tensors,
@@ -137,16 +137,29 @@ def standard_normal(shape: tuple[int, ...], generator: torch.Generator, device: 
     (the vectorised log, cos and sin round differently), so a cost matrix is unchanged beyond round-off.
     ``tests/test_gaussian.py`` checks this against torch.randn; other devices and small sizes call torch.randn.
     """
+    return standard_normal_rows(shape, [generator], device)[0]
+
+
+def standard_normal_rows(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device):
+    """(R, *shape) float64: :func:`standard_normal` of ``shape`` from each of R generators. Where every row's
+    size is a multiple of 16, all rows' uniforms go through one vectorised transform (few calls, and large enough
+    to share among threads)."""
     size = math.prod(shape)
     if torch.device(device).type != "cpu" or size < 16:
-        return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
-    uniform = torch.rand(size, generator=generator, dtype=torch.float64)
-    out = torch.empty(size, dtype=torch.float64)
+        rows = [torch.randn(shape, generator=g, device=device, dtype=torch.float64) for g in generators]
+        return torch.stack(rows) if rows else torch.empty(0, *shape, dtype=torch.float64, device=device)
+    uniform = torch.empty(len(generators), size, dtype=torch.float64)
+    for row, generator in zip(uniform, generators):
+        torch.rand(size, generator=generator, dtype=torch.float64, out=row)
+    out = torch.empty_like(uniform)
     whole = size - size % 16
-    _box_muller_blocks(uniform[:whole], out[:whole])
-    if whole < size:  # the last 16 values again, from fresh uniforms
-        _box_muller_blocks(torch.rand(16, generator=generator, dtype=torch.float64), out[size - 16 :])
-    return out.reshape(shape)
+    if whole == size:  # blocks of 16 never straddle two rows
+        _box_muller_blocks(uniform.view(-1), out.view(-1))
+        return out.view(len(generators), *shape)
+    for generator, u, z in zip(generators, uniform, out):  # each row's whole blocks, then its last 16 values
+        _box_muller_blocks(u[:whole], z[:whole])  # again, from fresh uniforms
+        _box_muller_blocks(torch.rand(16, generator=generator, dtype=torch.float64), z[size - 16 :])
+    return out.view(len(generators), *shape)
 
 
 def _box_muller_blocks(uniform: torch.Tensor, out: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ from dpddpm.gaussian import (
     q_sample,
     range_fraction,
     standard_normal,
+    standard_normal_rows,
 )
 from dpddpm.variances import VARIANCE_KINDS, VarianceKind, jump_log_variance, log_variance_range, model_log_variance
 
@@ -170,3 +171,14 @@ def test_standard_normal_is_torch_randns_float64_draw(shape, threads):
     assert z.shape == reference.shape and z.dtype == torch.float64
     torch.testing.assert_close(z, reference, rtol=8 * torch.finfo(torch.float64).eps, atol=1e-15)
     assert torch.equal(ours.get_state(), theirs.get_state())  # the same number of uniforms consumed
+
+
+@pytest.mark.parametrize("shape", [(3, 16), (5, 7), (2, 9)])  # rows of whole blocks of 16, or not
+def test_standard_normal_rows_are_each_generators_own_draw(shape):
+    """Rows drawn together equal rows drawn one at a time (the cost matrix draws a batch's new rows together)."""
+    together = standard_normal_rows(shape, [torch.Generator().manual_seed(s) for s in range(4)], torch.device("cpu"))
+    assert together.shape == (4, *shape)
+    for s in range(4):
+        alone = standard_normal(shape, torch.Generator().manual_seed(s), torch.device("cpu"))
+        torch.testing.assert_close(together[s], alone, rtol=4 * torch.finfo(torch.float64).eps, atol=1e-15)
+    assert standard_normal_rows(shape, [], torch.device("cpu")).shape == (0, *shape)
