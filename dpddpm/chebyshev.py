@@ -84,7 +84,7 @@ class ChebyshevBasis:
 
     Samples come in groups (a row's images in a batch), group g on [m_g - h_g, m_g + h_g]; :meth:`features` gives
     each sample's moments and :meth:`coefficients` each group's coefficients, so that for a sample of group g,
-    bpd(s) = features @ coefficients_g[:, s]. n serves the widest group: more terms only make a group more exact.
+    bpd(s) = features @ coefficients_g[s]. n serves the widest group: more terms only make a group more exact.
     """
 
     def __init__(self, spans: list[tuple[float, float]], counts: list[int], delta_max: list[float]) -> None:

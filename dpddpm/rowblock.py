@@ -10,9 +10,10 @@ a whole batch costs a handful:
   the count, mean and M2 of its s_n, and becomes L(t, s) = const_s + coef_s mean(s) with standard error
   |coef_s| se(s) when it is complete: no tensor work per row at all.
 * learned_range: one :class:`~dpddpm.chebyshev.ChebyshevBasis` serves the batch (each piece expanded on the span
-  of its own f, with the batch's largest number of terms), its moments are computed once for all the batch's
-  images, and the coefficients of all its pieces in one product; each piece then adds its mean and M2 through
-  the Gram matrix of its features (:meth:`~dpddpm.stats.RowStats.add_affine`).
+  of its own f, with the batch's largest number of terms), and its moments are computed once for all the batch's
+  images. Each group of pieces (one on a CPU, all elsewhere) then gets its mean and M2 from its rows' node values
+  and its features' Gram matrix, with the node-to-coefficient matrix folded into that Gram matrix
+  (:func:`~dpddpm.stats.segment_affine_stats`), so that no coefficient is formed.
 
 The numbers are those of :class:`~dpddpm.rowcosts.KLRow` up to round-off (a learned row may take a few more
 Chebyshev terms than its own span needs, which only makes it more exact). Every row also gives m_t, the mean
